@@ -50,7 +50,9 @@ def naive_infonce(img, txt, scale, positives):
             loss += -sum(t / mass * (logit - log_norm) for t, logit in zip(targets, logits))
         return loss / len(rows)
 
-    return (direction(img, txt, lambda i, j: positives[i][j]) + direction(txt, img, lambda i, j: positives[j][i])) / 2
+    return (
+        direction(img, txt, lambda i, j: positives[i][j]) + direction(txt, img, lambda i, j: positives[j][i])
+    ) / 2
 
 
 def naive_feature(si, st, ti, tt):
@@ -149,7 +151,9 @@ def test_infonce_loss_and_gradient_match_naive(batch, multi_positive):
 def test_feature_loss_and_gradient_match_naive(batch):
     si, st, ti, tt = batch["si"], batch["st"], batch["ti"], batch["tt"]
     ours = feature_loss(si, st, ti, tt)
-    assert ours.item() == pytest.approx(naive_feature(si.tolist(), st.tolist(), ti.tolist(), tt.tolist()), rel=1e-10)
+    assert ours.item() == pytest.approx(
+        naive_feature(si.tolist(), st.tolist(), ti.tolist(), tt.tolist()), rel=1e-10
+    )
 
     leaf = si.clone().requires_grad_(True)
     feature_loss(leaf, st, ti, tt).backward()
@@ -160,7 +164,9 @@ def test_feature_loss_and_gradient_match_naive(batch):
 
 
 def test_feature_loss_is_zero_for_parallel_embeddings(batch):
-    assert feature_loss(batch["ti"] * 3, batch["tt"] * 0.5, batch["ti"], batch["tt"]).item() == pytest.approx(0, abs=1e-12)
+    assert feature_loss(batch["ti"] * 3, batch["tt"] * 0.5, batch["ti"], batch["tt"]).item() == pytest.approx(
+        0, abs=1e-12
+    )
 
 
 def test_affinity_loss_and_gradient_match_naive(batch):
@@ -173,13 +179,16 @@ def test_affinity_loss_and_gradient_match_naive(batch):
     leaf = st.clone().requires_grad_(True)
     affinity_loss(si, leaf, ti, tt, s_scale, 12.0).backward()
     numeric = _numeric_grad(
-        lambda rows: naive_affinity(si.tolist(), rows, ti.tolist(), tt.tolist(), 4.0, 12.0), leaf.detach().clone()
+        lambda rows: naive_affinity(si.tolist(), rows, ti.tolist(), tt.tolist(), 4.0, 12.0),
+        leaf.detach().clone(),
     )
     torch.testing.assert_close(leaf.grad, numeric, rtol=1e-5, atol=1e-7)
 
 
 def test_affinity_loss_is_zero_when_student_equals_teacher(batch):
-    value = affinity_loss(batch["ti"], batch["tt"], batch["ti"], batch["tt"], torch.tensor(9.0, dtype=torch.float64), 9.0)
+    value = affinity_loss(
+        batch["ti"], batch["tt"], batch["ti"], batch["tt"], torch.tensor(9.0, dtype=torch.float64), 9.0
+    )
     assert value.item() == pytest.approx(0, abs=1e-12)
 
 
@@ -190,18 +199,26 @@ def test_distillation_loss_skips_switched_off_terms(batch, monkeypatch):
     real_feature = losses.feature_loss
     monkeypatch.setattr(losses, "feature_loss", lambda *a: calls.append("feat") or real_feature(*a))
     kwargs = dict(
-        student_image=batch["si"], student_text=batch["st"], teacher_image=batch["ti"], teacher_text=batch["tt"],
-        logit_scale=torch.tensor(10.0, dtype=torch.float64), logit_bias=torch.tensor(-10.0, dtype=torch.float64),
+        student_image=batch["si"],
+        student_text=batch["st"],
+        teacher_image=batch["ti"],
+        teacher_text=batch["tt"],
+        logit_scale=torch.tensor(10.0, dtype=torch.float64),
+        logit_bias=torch.tensor(-10.0, dtype=torch.float64),
         teacher_logit_scale=10.0,
     )
     terms = DistillationLoss(LossWeights(feat=0, affinity=0, contrast=1))(**kwargs)
     assert set(terms) == {"contrast_loss"} and calls == []
     terms = DistillationLoss({"feat": 2.0, "affinity": 0.5, "contrast": 1.0})(**kwargs)
     assert set(terms) == {"feat_loss", "affinity_loss", "contrast_loss"}
-    assert terms["feat_loss"].item() == pytest.approx(2.0 * feature_loss(batch["si"], batch["st"], batch["ti"], batch["tt"]).item())
+    assert terms["feat_loss"].item() == pytest.approx(
+        2.0 * feature_loss(batch["si"], batch["st"], batch["ti"], batch["tt"]).item()
+    )
 
 
-@pytest.mark.parametrize("weights", [{"feat": -1.0}, {"feat": 0, "affinity": 0, "contrast": 0}, {"contrast": float("nan")}])
+@pytest.mark.parametrize(
+    "weights", [{"feat": -1.0}, {"feat": 0, "affinity": 0, "contrast": 0}, {"contrast": float("nan")}]
+)
 def test_invalid_weights_are_refused(weights):
     with pytest.raises(ValueError, match="lambda|weights"):
         LossWeights(**weights)

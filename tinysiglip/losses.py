@@ -82,9 +82,7 @@ def infonce_loss(
     soft = positives.to(logits.dtype)
     image_to_text = soft / soft.sum(dim=1, keepdim=True)
     text_to_image = soft.T / soft.T.sum(dim=1, keepdim=True)
-    return (
-        F.cross_entropy(logits, image_to_text) + F.cross_entropy(logits.T, text_to_image)
-    ) / 2
+    return (F.cross_entropy(logits, image_to_text) + F.cross_entropy(logits.T, text_to_image)) / 2
 
 
 def feature_loss(
@@ -111,8 +109,12 @@ def affinity_loss(
     teacher_logit_scale: float | torch.Tensor,
 ) -> torch.Tensor:
     """KL(teacher ‖ student) of in-batch similarity softmaxes, image→text and text→image."""
-    student_logits = student_logit_scale * F.normalize(student_image, dim=-1) @ F.normalize(student_text, dim=-1).T
-    teacher_logits = teacher_logit_scale * F.normalize(teacher_image, dim=-1) @ F.normalize(teacher_text, dim=-1).T
+    student_logits = (
+        student_logit_scale * F.normalize(student_image, dim=-1) @ F.normalize(student_text, dim=-1).T
+    )
+    teacher_logits = (
+        teacher_logit_scale * F.normalize(teacher_image, dim=-1) @ F.normalize(teacher_text, dim=-1).T
+    )
     teacher_logits = teacher_logits.to(student_logits.dtype)
 
     def kl_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor) -> torch.Tensor:
@@ -172,7 +174,9 @@ class DistillationLoss(torch.nn.Module):
         terms: dict[str, torch.Tensor] = {}
         w = self.weights
         if w.feat > 0:
-            terms["feat_loss"] = w.feat * feature_loss(student_image, student_text, teacher_image, teacher_text)
+            terms["feat_loss"] = w.feat * feature_loss(
+                student_image, student_text, teacher_image, teacher_text
+            )
         if w.affinity > 0:
             terms["affinity_loss"] = w.affinity * affinity_loss(
                 student_image, student_text, teacher_image, teacher_text, logit_scale, teacher_logit_scale
@@ -180,7 +184,9 @@ class DistillationLoss(torch.nn.Module):
         if w.contrast > 0:
             positives = None
             if image_index is not None and caption_image_index is not None:
-                positives = positive_mask(image_index, caption_image_index, student_image.shape[0], student_image.device)
+                positives = positive_mask(
+                    image_index, caption_image_index, student_image.shape[0], student_image.device
+                )
             image = F.normalize(student_image, dim=-1)
             text = F.normalize(student_text, dim=-1)
             if self.contrastive == "sigmoid":
