@@ -1,0 +1,93 @@
+"""Stand-ins for the sweep tests: a deterministic training function and fake caches.
+
+Importable by Ray workers through PYTHONPATH (the tests put this folder on it). The stub reads only
+valid training-config keys, so the same study YAML also passes ``load_study``:
+
+* curve: objective(epoch) = 10 * loss.contrast * (1.0 if loss.feat >= 0.5 else 0.2) * epoch —
+  ``loss.feat`` is the searched λ (a low one is a designed-bad trial), ``loss.contrast`` sets a cell's scale.
+* faults from ``TSL_STUB_FAULTS`` = "raise_once:1,diverge_once:2,always:3" (trial numbers of every cell).
+* ``TSL_STUB_SLEEP`` seconds per epoch; resumable from ``run_dir/checkpoint/state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def curve(config: dict, epoch: int) -> float:
+    loss = config.get("loss", {})
+    quality = 1.0 if float(loss.get("feat", 1.0)) >= 0.5 else 0.2
+    return 10.0 * float(loss.get("contrast", 1.0)) * quality * epoch
+
+
+def _faults() -> dict[int, str]:
+    out = {}
+    for item in filter(None, os.environ.get("TSL_STUB_FAULTS", "").split(",")):
+        kind, _, num = item.partition(":")
+        out[int(num)] = kind
+    return out
+
+
+def stub_train(config: dict, *, run_dir, report=None) -> dict:
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoint" / "state.json"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    attempts_file = run_dir / "attempts.txt"
+    attempt = int(attempts_file.read_text()) + 1 if attempts_file.exists() else 1
+    attempts_file.write_text(str(attempt))
+    state = json.loads(ckpt.read_text()) if ckpt.exists() else {"epoch": 0, "val_history": []}
+    epochs = int(config["train"]["epochs"])
+    fault = None
+    if run_dir.parent.parent.name == "trials":
+        fault = _faults().get(int(run_dir.name))
+    sleep = float(os.environ.get("TSL_STUB_SLEEP", "0"))
+    started = time.time()
+    for epoch in range(state["epoch"] + 1, epochs + 1):
+        time.sleep(sleep)
+        if fault == "always" or (fault == "raise_once" and attempt == 1 and epoch == 2):
+            raise RuntimeError(f"stub failure in epoch {epoch} (attempt {attempt})")
+        if fault == "diverge_once" and attempt == 1 and epoch == 2:
+            return {"status": "diverged", "error": "loss is NaN at step 20", "epochs_done": epoch - 1}
+        value = curve(config, epoch)
+        event = {
+            "epoch": epoch,
+            "step": epoch * 10,
+            "metrics": {"mean_r1": value, "i2t_r1": value},
+            "objective": value,
+        }
+        state["epoch"] = epoch
+        state["val_history"].append(event)
+        ckpt.write_text(json.dumps(state))
+        if report is not None and report(event):
+            return {"status": "stopped", "epochs_done": epoch, "val_history": state["val_history"]}
+    test = None
+    if config.get("data", {}).get("test_cache"):
+        test = {"i2t_r1": curve(config, epochs), "t2i_r1": curve(config, epochs) / 2}
+    return {
+        "status": "complete",
+        "error": None,
+        "epochs_done": state["epoch"],
+        "steps": state["epoch"] * 10,
+        "val_history": state["val_history"],
+        "val_metrics": state["val_history"][-1]["metrics"],
+        "test_metrics": test,
+        "param_counts": {"image_tower": 1, "text_tower": 2, "heads": 0, "total": 3},
+        "wall_time_s": time.time() - started,
+        "device": "cpu",
+        "config": config,
+    }
+
+
+def stub_caches(study, progress=True):
+    root = Path(study.run_dir) / "fake_caches"
+    return {
+        (c.teacher, c.dataset, c.split): root / f"{c.teacher}-{c.dataset}-{c.split}.h5"
+        for c in study.caches_needed()
+    }
+
+
+def stub_teacher_metrics(path):
+    return {"i2t_r1": 50.0, "t2i_r1": 40.0}, {"total": 1000}

@@ -1,0 +1,35 @@
+"""HDF5 teacher cache: build it once (resumable, atomic), read it in every trial (torch Datasets)."""
+
+from tinysiglip.cache.build import build_cache
+from tinysiglip.cache.format import (
+    DATASETS,
+    FORMAT_VERSION,
+    IDENTITY_KEYS,
+    CacheError,
+    partial_path,
+)
+from tinysiglip.cache.reader import (
+    CachedCaptions,
+    CachedImages,
+    TeacherCache,
+    TrainPairs,
+    open_cache,
+    pixels_to_float,
+    read_meta,
+)
+
+__all__ = [
+    "DATASETS",
+    "FORMAT_VERSION",
+    "IDENTITY_KEYS",
+    "CacheError",
+    "CachedCaptions",
+    "CachedImages",
+    "TeacherCache",
+    "TrainPairs",
+    "build_cache",
+    "open_cache",
+    "partial_path",
+    "pixels_to_float",
+    "read_meta",
+]

@@ -1,0 +1,445 @@
+"""Build the teacher cache: one teacher pass over a split, resumable, completed atomically.
+
+The build writes ``<out>.partial``. Every dataset is allocated in full when the partial file is
+created (no chunk is allocated later), so a batch only writes raw data, then commits its progress
+(``images_done``) in place and flushes: a process killed at any point leaves a file whose rows
+``< images_done`` are final. A rerun with the same request continues from there and overwrites
+whatever lies beyond. When every image is done, checksums are stored, ``complete`` is set, the
+file is fsynced and renamed to ``<out>`` with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from tinysiglip.cache.format import (
+    DATASETS,
+    EMBED_DTYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CacheError,
+    dataset_checksum,
+    diff_meta,
+    package_version,
+    partial_path,
+    read_attrs,
+    request_identity,
+    write_attrs,
+)
+
+logger = logging.getLogger(__name__)
+
+TOKENIZE_BLOCK = 4096
+PROBE_MIN_COSINE = 0.99
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _resolve_teacher(teacher: Any, device: str):
+    if isinstance(teacher, (str, Path)):
+        from tinysiglip.teacher import load_teacher
+
+        return load_teacher(teacher, device=device)
+    return teacher
+
+
+def _create_preallocated(
+    group: h5py.Group, name: str, shape: tuple[int, ...], dtype, chunks=None
+) -> h5py.Dataset:
+    """A dataset whose storage is allocated now and never filled: later writes touch raw data only."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if chunks is not None:
+        dcpl.set_chunk(tuple(int(c) for c in chunks))
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dcpl.set_obj_track_times(False)
+    space = h5py.h5s.create_simple(tuple(int(s) for s in shape))
+    type_id = h5py.h5t.py_create(np.dtype(dtype), logical=True)
+    dataset_id = h5py.h5d.create(group.id, name.encode(), type_id, space, dcpl=dcpl)
+    return h5py.Dataset(dataset_id)
+
+
+def _check_arguments(dataset, batch_size: int, embed_dtype: str) -> None:
+    if embed_dtype not in EMBED_DTYPES:
+        raise CacheError(f"embed_dtype must be one of {', '.join(EMBED_DTYPES)}, got {embed_dtype!r}")
+    if int(batch_size) < 1:
+        raise CacheError(f"batch_size must be >= 1, got {batch_size}")
+    if not dataset.records:
+        raise CacheError(f"dataset {dataset.name}/{dataset.split} ({dataset.annotation_file}) has no images")
+    empty = [r.image_id for r in dataset.records if not r.captions]
+    if empty:
+        raise CacheError(
+            f"dataset {dataset.name}/{dataset.split}: {len(empty)} image(s) have no caption "
+            f"(first image_id {empty[0]}); the loaders drop those, so this dataset was built by hand"
+        )
+
+
+def _decode(teacher, path: Path) -> np.ndarray:
+    from tinysiglip.data import open_rgb
+
+    pixels = np.asarray(teacher.resize_to_uint8(open_rgb(path)), dtype=np.uint8)
+    size = int(teacher.image_size)
+    if pixels.shape != (3, size, size):
+        raise CacheError(
+            f"teacher.resize_to_uint8 returned shape {pixels.shape} for {path}, expected (3, {size}, {size})"
+        )
+    return pixels
+
+
+def _decoded_batches(
+    teacher, paths: list[Path], start: int, batch_size: int, workers: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, end row, uint8 pixels) per batch; decoding runs ahead in a thread pool while the
+    caller runs the teacher (PIL decoders and resizers release the GIL)."""
+    bounds = [(a, min(a + batch_size, len(paths))) for a in range(start, len(paths), batch_size)]
+    if workers <= 0:
+        for a, b in bounds:
+            yield a, b, np.stack([_decode(teacher, paths[i]) for i in range(a, b)])
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cache-decode") as pool:
+        pending: deque[tuple[int, int, list[Future]]] = deque()
+        next_bound = 0
+
+        def submit_next() -> None:
+            nonlocal next_bound
+            a, b = bounds[next_bound]
+            pending.append((a, b, [pool.submit(_decode, teacher, paths[i]) for i in range(a, b)]))
+            next_bound += 1
+
+        try:
+            while next_bound < len(bounds) and next_bound < 2:
+                submit_next()
+            while pending:
+                a, b, futures = pending.popleft()
+                if next_bound < len(bounds):
+                    submit_next()  # keep one batch decoding while the teacher runs
+                yield a, b, np.stack([future.result() for future in futures])
+        finally:
+            for _, _, futures in pending:
+                for future in futures:
+                    future.cancel()
+
+
+def _to_numpy(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype)
+
+
+def _embed_pixels(teacher, pixels: np.ndarray, dtype: str) -> np.ndarray:
+    with torch.inference_mode():
+        embeds = teacher.embed_pixels(torch.from_numpy(pixels))
+    out = _to_numpy(embeds, dtype)
+    if out.shape != (len(pixels), int(teacher.embed_dim)):
+        raise CacheError(
+            f"teacher.embed_pixels returned shape {tuple(out.shape)}, expected ({len(pixels)}, D)"
+        )
+    return out
+
+
+def _embed_tokens(teacher, token_ids: np.ndarray, dtype: str, batch_size: int) -> np.ndarray:
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(token_ids), batch_size):
+            ids = torch.from_numpy(token_ids[start : start + batch_size].astype(np.int64))
+            parts.append(_to_numpy(teacher.embed_token_ids(ids), dtype))
+    return np.concatenate(parts) if parts else np.zeros((0, int(teacher.embed_dim)), dtype)
+
+
+def _probe_weights(teacher, handle: h5py.File, dtype: str) -> str | None:
+    """The teacher fingerprints cover processor and tokenizer files, not the weights: embed the
+    first cached image again and compare, so a retrained teacher at the same path is noticed."""
+    if int(handle.attrs.get("images_done", 0)) < 1:
+        return None
+    stored = handle["image_embeds"][0:1].astype(np.float32)
+    fresh = _embed_pixels(teacher, handle["pixels"][0:1], "float32")
+    denom = float(np.linalg.norm(stored) * np.linalg.norm(fresh)) or 1.0
+    cosine = float((stored * fresh).sum()) / denom
+    if cosine < PROBE_MIN_COSINE:
+        return (
+            f"teacher weights: the teacher's embedding of cached image 0 differs from the stored one "
+            f"(cosine {cosine:.4f}); the teacher was changed since this file was written"
+        )
+    return None
+
+
+def _read_identity_of(path: Path) -> tuple[dict[str, Any], bool]:
+    """(metadata, openable) of an existing cache file; raises CacheError for locked files."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return read_attrs(handle.attrs), True
+    except OSError as error:
+        if "lock" in str(error).lower():
+            raise CacheError(
+                f"{path} is open for writing by another process (another cache build?): {error}"
+            ) from error
+        return {}, False
+
+
+def _optional_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+def _check_free_space(directory: Path, num_images: int, num_captions: int, identity: dict) -> None:
+    """Pixels are allocated sparsely; fail now, not after hours, when the disk cannot hold them."""
+    size, dim = int(identity["image_size"]), int(identity["embed_dim"])
+    itemsize = np.dtype(identity["embed_dtype"]).itemsize
+    needed = num_images * (3 * size * size + dim * itemsize + 16) + num_captions * (
+        dim * itemsize + int(identity["max_length"]) * 4 + 16 + 80
+    )
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise CacheError(
+            f"not enough disk space in {directory} for the teacher cache: about {needed / 1e9:.2f} GB "
+            f"needed, {free / 1e9:.2f} GB free. Free some space or choose another output path."
+        )
+
+
+def _initialise(handle: h5py.File, teacher, dataset, identity: dict, batch_size: int) -> None:
+    """Write everything known before the teacher pass: ids, offsets, captions, token ids."""
+    records = dataset.records
+    n = len(records)
+    counts = np.array([len(r.captions) for r in records], dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    m = int(offsets[-1])
+    size, dim, length = int(teacher.image_size), int(teacher.embed_dim), int(identity["max_length"])
+    embed_dtype = identity["embed_dtype"]
+
+    captions = [c for r in records for c in r.captions]
+    token_ids = np.empty((m, length), dtype=np.int32)
+    for start in range(0, m, TOKENIZE_BLOCK):
+        ids = teacher.tokenize(captions[start : start + TOKENIZE_BLOCK])
+        ids = np.asarray(ids.cpu().numpy() if isinstance(ids, torch.Tensor) else ids)
+        if ids.shape[1:] != (length,):
+            raise CacheError(f"teacher.tokenize returned shape {ids.shape}, expected (B, {length})")
+        token_ids[start : start + len(ids)] = ids
+    present = np.unique(token_ids).astype(np.int64)
+
+    _create_preallocated(handle, "pixels", (n, 3, size, size), np.uint8, chunks=(1, 3, size, size))
+    _create_preallocated(handle, "image_embeds", (n, dim), embed_dtype)
+    _create_preallocated(handle, "text_embeds", (m, dim), embed_dtype)
+    handle.create_dataset("image_ids", data=np.array([r.image_id for r in records], dtype=np.int64))
+    handle.create_dataset("caption_offsets", data=offsets)
+    handle.create_dataset("caption_image_index", data=np.repeat(np.arange(n, dtype=np.int64), counts))
+    handle.create_dataset("token_ids", data=token_ids)
+    handle.create_dataset("captions", data=captions, dtype=h5py.string_dtype("utf-8"))
+    handle.create_dataset("token_ids_present", data=present)
+
+    special = getattr(teacher, "special_token_ids", None)
+    tokenizer = getattr(teacher, "tokenizer", None)
+    model_config = getattr(getattr(teacher, "model", None), "config", None)
+    text_config = getattr(model_config, "text_config", None)
+    vocab_size = getattr(text_config, "vocab_size", None)
+    model = getattr(teacher, "model", None)
+    teacher_params = {}
+    if model is not None:  # for the report's Params column: the teacher row costs no extra load
+        for part in ("vision_model", "text_model"):
+            tower = getattr(model, part, None)
+            if tower is not None:
+                teacher_params[part.removesuffix("_model")] = sum(p.numel() for p in tower.parameters())
+        teacher_params["total"] = sum(p.numel() for p in model.parameters())
+    write_attrs(
+        handle.attrs,
+        {
+            "format": FORMAT_NAME,
+            **identity,
+            "annotation_file": str(dataset.annotation_file),
+            "skipped_images": [[str(p), str(reason)] for p, reason in dataset.skipped],
+            "num_skipped_images": len(dataset.skipped),
+            "num_images": n,
+            "num_captions": m,
+            "num_token_ids_present": len(present),
+            "special_token_ids": [int(t) for t in special()] if callable(special) else [],
+            "pad_token_id": _optional_int(getattr(tokenizer, "pad_token_id", None)),
+            "eos_token_id": _optional_int(getattr(tokenizer, "eos_token_id", None)),
+            "teacher_vocab_size": _optional_int(vocab_size),
+            "teacher_params": teacher_params,
+            "dtypes": {
+                "pixels": "uint8",
+                "image_embeds": embed_dtype,
+                "text_embeds": embed_dtype,
+                "image_ids": "int64",
+                "caption_offsets": "int64",
+                "token_ids": "int32",
+                "caption_image_index": "int64",
+                "captions": "utf-8",
+                "token_ids_present": "int64",
+            },
+            "tinysiglip_version": package_version(),
+            "created_at": _now(),
+            "batch_size": int(batch_size),
+            "build_seconds": 0.0,
+            "images_done": 0,
+            "complete": False,
+            "initialised": False,
+        },
+    )
+    handle.flush()  # everything above reaches the file before it is declared usable
+    handle.attrs.modify("initialised", True)
+    handle.flush()
+
+
+def _finalise(handle: h5py.File) -> None:
+    checksums = {name: dataset_checksum(handle[name]) for name in DATASETS}
+    sizes = {name: list(handle[name].shape) for name in DATASETS}
+    write_attrs(handle.attrs, {"checksums": checksums, "sizes": sizes, "completed_at": _now()})
+    handle.attrs.modify("complete", True)
+    handle.flush()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync(path)
+    except OSError:  # not supported everywhere (Windows); the rename itself is still atomic
+        pass
+
+
+def build_cache(
+    teacher,
+    dataset,
+    out_path: str | Path,
+    *,
+    batch_size: int = 64,
+    embed_dtype: str = "float16",
+    device: str = "cpu",
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> Path:
+    """Run the teacher once over ``dataset`` and store pixels, token ids and embeddings in ``out_path``.
+
+    ``teacher`` is a ``Teacher`` or a source for ``load_teacher`` (loaded on ``device``).
+    Resumable: rerunning after an interruption continues from the last committed batch. An
+    existing complete cache built for the same request is returned as is; one built for another
+    request (teacher, dataset, dtype, ...) is an error naming every difference.
+    ``num_workers`` image-decoding threads (default ``min(4, cpus)``; 0 decodes inline).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_path)
+    _check_arguments(dataset, batch_size, embed_dtype)
+    teacher = _resolve_teacher(teacher, device)
+    identity = request_identity(teacher, dataset, embed_dtype)
+    workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+
+    if out.exists():
+        meta, readable = _read_identity_of(out)
+        if not readable or not meta.get("complete"):
+            raise CacheError(
+                f"{out} exists but is not a complete teacher cache (unreadable or unfinished). "
+                "Delete it or choose another output path."
+            )
+        differences = diff_meta(identity, meta)
+        if not differences:
+            with h5py.File(out, "r") as handle:
+                probe = _probe_weights(teacher, handle, embed_dtype)
+            if probe:
+                differences.append(probe)
+        if differences:
+            raise CacheError(
+                f"{out} already exists but was built for a different request:\n  "
+                + "\n  ".join(differences)
+                + "\nDelete it or choose another output path."
+            )
+        logger.info("teacher cache %s is already complete for this request", out)
+        return out
+
+    partial = partial_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resume = False
+    if partial.exists():
+        meta, readable = _read_identity_of(partial)
+        if readable and meta.get("initialised") and meta.get("format_version") == FORMAT_VERSION:
+            differences = diff_meta(identity, meta)
+            if differences:
+                raise CacheError(
+                    f"{partial} is an unfinished build of a different request:\n  "
+                    + "\n  ".join(differences)
+                    + f"\nRerun with the original arguments to finish it, or delete {partial} to start "
+                    "over with these."
+                )
+            resume = True
+        else:
+            # Killed before its first commit (or unreadable): it holds no finished image.
+            logger.warning("restarting %s: it holds no usable progress", partial)
+
+    if not resume:
+        _check_free_space(out.parent, len(dataset.records), dataset.num_captions, identity)
+    started = time.monotonic()
+    with h5py.File(partial, "r+" if resume else "w", libver=("earliest", "v110")) as handle:
+        if resume:
+            probe = _probe_weights(teacher, handle, embed_dtype)
+            if probe:
+                raise CacheError(
+                    f"{partial} is an unfinished build of a different teacher:\n  {probe}\n"
+                    f"Delete {partial} to start over."
+                )
+        else:
+            _initialise(handle, teacher, dataset, identity, batch_size)
+        n = int(handle.attrs["num_images"])
+        done = int(handle.attrs["images_done"])
+        if done:
+            logger.info("resuming %s at image %d of %d", partial, done, n)
+        offsets = handle["caption_offsets"][:]
+        token_ids = handle["token_ids"]
+        paths = [Path(r.path) for r in dataset.records]
+        build_seconds = float(handle.attrs.get("build_seconds", 0.0))
+        bar = tqdm(total=n, initial=done, unit="img", desc=f"teacher cache {out.name}", disable=not progress)
+        try:
+            for a, b, pixels in _decoded_batches(teacher, paths, done, int(batch_size), workers):
+                image_embeds = _embed_pixels(teacher, pixels, embed_dtype)
+                c0, c1 = int(offsets[a]), int(offsets[b])
+                text_embeds = _embed_tokens(teacher, token_ids[c0:c1], embed_dtype, int(batch_size))
+                handle["pixels"][a:b] = pixels
+                handle["image_embeds"][a:b] = image_embeds
+                handle["text_embeds"][c0:c1] = text_embeds
+                handle.flush()  # rows first, then the counter that declares them final
+                handle.attrs.modify("build_seconds", build_seconds + time.monotonic() - started)
+                handle.attrs.modify("images_done", b)
+                handle.flush()
+                bar.update(b - a)
+        except Exception as error:
+            if isinstance(error, CacheError):
+                raise
+            from tinysiglip.data import BadImageError
+
+            if isinstance(error, BadImageError):
+                raise CacheError(
+                    f"{error}\nThe cache build stopped; its progress is kept in {partial}. Fix the image, "
+                    "or check and skip bad images first (check_images(dataset, skip_bad=True) / "
+                    f"`tinysiglip cache build --skip-bad-images`); skipping changes the image list, so "
+                    f"delete {partial} before that rerun."
+                ) from error
+            raise
+        finally:
+            bar.close()
+        if int(handle.attrs["images_done"]) != n:  # pragma: no cover - the loop covers every row
+            raise CacheError(f"{partial}: build ended at image {handle.attrs['images_done']} of {n}")
+        _finalise(handle)
+
+    _fsync(partial)
+    os.replace(partial, out)
+    _fsync_dir(out.parent)
+    logger.info("teacher cache written: %s", out)
+    return out

@@ -1,0 +1,487 @@
+"""Read a teacher cache: ``open_cache`` (validated metadata, lazy arrays) and torch Datasets.
+
+Every Dataset here is picklable and opens its own read-only h5py handle lazily in the process that
+reads it (an h5py handle must never cross a fork), so it works with any number of DataLoader
+workers. ``__getitems__`` (called by torch >= 2.2 DataLoaders with the whole batch of indices)
+reads a batch with one sorted, fancy-indexed h5py call per dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tinysiglip.cache.format import (
+    DATASETS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CacheError,
+    dataset_checksum,
+    diff_meta,
+    expected_shapes,
+    partial_path,
+    read_attrs,
+)
+
+# Chunk cache per open dataset: a few pixel chunks (one image each) plus contiguous reads.
+DEFAULT_RDCC_NBYTES = 16 << 20
+DEFAULT_RDCC_NSLOTS = 10007
+BUILD_HINT = "rerun `tinysiglip cache build ...` with the same arguments"
+
+
+def pixels_to_float(
+    pixels_uint8: torch.Tensor | np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """uint8 (B, 3, H, W) or (3, H, W) -> float32 ``(x / 255 - mean) / std``, on the input's device.
+
+    Rescale then normalise, in float32, the order the SigLIP image processor uses.
+    """
+    if not isinstance(pixels_uint8, torch.Tensor):
+        pixels_uint8 = torch.from_numpy(np.ascontiguousarray(pixels_uint8))
+    if pixels_uint8.dtype != torch.uint8:
+        raise TypeError(f"pixels_to_float expects uint8 pixels, got {pixels_uint8.dtype}")
+    x = pixels_uint8.to(torch.float32) * (1.0 / 255.0)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def _open_h5(path: Path, **kwargs) -> h5py.File:
+    """Open read-only, turning h5py's errors into CacheErrors that name the file and the fix."""
+    if not path.exists():
+        partial = partial_path(path)
+        if partial.exists():
+            raise CacheError(
+                f"teacher cache {path} does not exist; {partial} is an incomplete build: "
+                f"{BUILD_HINT} to resume it"
+            )
+        raise CacheError(f"teacher cache {path} does not exist; build it with `tinysiglip cache build`")
+    if path.is_dir():
+        raise CacheError(f"teacher cache {path} is a directory, not an HDF5 file")
+    try:
+        return h5py.File(path, "r", **kwargs)
+    except OSError as error:
+        text = str(error)
+        if "truncated" in text:
+            what = "is truncated (an interrupted copy or a full disk?)"
+        elif "signature" in text:
+            what = "is not an HDF5 file"
+        else:
+            what = "cannot be read as HDF5"
+        raise CacheError(
+            f"teacher cache {path} {what}: {text}. Delete it and rebuild it ({BUILD_HINT})."
+        ) from error
+
+
+class TeacherCache:
+    """A validated teacher cache. Metadata is read at open; arrays are read when asked for."""
+
+    def __init__(self, path: str | Path, meta: Mapping[str, Any]):
+        self.path = Path(path)
+        self.meta: dict[str, Any] = dict(meta)
+        self.num_images = int(meta["num_images"])
+        self.num_captions = int(meta["num_captions"])
+        self.embed_dim = int(meta["embed_dim"])
+        self.image_size = int(meta["image_size"])
+        self.max_length = int(meta["max_length"])
+        self.logit_scale = float(meta["logit_scale"])
+        self.logit_bias = float(meta["logit_bias"])
+        self.image_mean = tuple(float(x) for x in meta["image_mean"])
+        self.image_std = tuple(float(x) for x in meta["image_std"])
+        self.embed_dtype = str(meta["embed_dtype"])
+        self._handle: h5py.File | None = None
+        self._pid: int | None = None
+        self._token_ids_present: np.ndarray | None = None
+
+    # -- handle -------------------------------------------------------------------------------
+    def _h5(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = _open_h5(self.path)
+            self._pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+        self._pid = None
+
+    def __enter__(self) -> TeacherCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"TeacherCache({str(self.path)!r}, teacher={self.meta.get('teacher_source')!r}, "
+            f"dataset={self.meta.get('dataset_name')}/{self.meta.get('split')}, images={self.num_images}, "
+            f"captions={self.num_captions}, embed_dim={self.embed_dim}, image_size={self.image_size})"
+        )
+
+    # -- arrays -------------------------------------------------------------------------------
+    @property
+    def token_ids_present(self) -> np.ndarray:
+        if self._token_ids_present is None:
+            self._token_ids_present = self._h5()["token_ids_present"][:].astype(np.int64)
+        return self._token_ids_present
+
+    def image_embeds(self) -> np.ndarray:
+        """(N, D) float32 teacher image embeddings (not normalised)."""
+        return self._h5()["image_embeds"][:].astype(np.float32)
+
+    def text_embeds(self) -> np.ndarray:
+        """(M, D) float32 teacher text embeddings (not normalised)."""
+        return self._h5()["text_embeds"][:].astype(np.float32)
+
+    def caption_image_index(self) -> np.ndarray:
+        return self._h5()["caption_image_index"][:].astype(np.int64)
+
+    def caption_offsets(self) -> np.ndarray:
+        return self._h5()["caption_offsets"][:].astype(np.int64)
+
+    def image_ids(self) -> np.ndarray:
+        return self._h5()["image_ids"][:].astype(np.int64)
+
+    def token_ids(self) -> np.ndarray:
+        """(M, L) int64 teacher token ids."""
+        return self._h5()["token_ids"][:].astype(np.int64)
+
+    def captions(self) -> list[str]:
+        return list(self._h5()["captions"].asstr()[:])
+
+    def pixels(self, indices: Sequence[int] | slice | None = None) -> np.ndarray:
+        """uint8 (B, 3, H, W) pixels of the given image rows (all rows when None)."""
+        dataset = self._h5()["pixels"]
+        if indices is None:
+            return dataset[:]
+        if isinstance(indices, slice):
+            return dataset[indices]
+        return _read_rows(dataset, np.asarray(indices, dtype=np.int64))
+
+    def teacher_logits(self, image_rows: Sequence[int], caption_rows: Sequence[int]) -> torch.Tensor:
+        """The teacher's logits (logit_scale * cos + logit_bias) between some images and captions."""
+        images = torch.from_numpy(
+            _read_rows(self._h5()["image_embeds"], np.asarray(image_rows)).astype(np.float32)
+        )
+        texts = torch.from_numpy(
+            _read_rows(self._h5()["text_embeds"], np.asarray(caption_rows)).astype(np.float32)
+        )
+        images = torch.nn.functional.normalize(images, dim=-1)
+        texts = torch.nn.functional.normalize(texts, dim=-1)
+        return self.logit_scale * images @ texts.T + self.logit_bias
+
+    def verify(self) -> dict[str, str]:
+        """Re-hash every dataset and compare with the stored checksums; returns the checksums."""
+        stored = self.meta.get("checksums") or {}
+        handle = self._h5()
+        bad = []
+        for name in DATASETS:
+            want = stored.get(name)
+            have = dataset_checksum(handle[name])
+            if want != have:
+                bad.append(f"{name}: stored {want}, computed {have}")
+        if bad:
+            raise CacheError(
+                f"teacher cache {self.path} failed verification (its contents changed since it was "
+                "written):\n  " + "\n  ".join(bad) + f"\nDelete it and rebuild it ({BUILD_HINT})."
+            )
+        return dict(stored)
+
+
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """dataset[rows] for any order and repeats, as one increasing-index h5py read."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size == 0:
+        return np.empty((0,) + dataset.shape[1:], dtype=dataset.dtype)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    if dataset.chunks is not None and dataset.chunks[0] == 1:
+        # One row per chunk (pixels): HDF5's multi-hyperslab selections over many chunks are
+        # ~40x slower than reading the chunks one by one.
+        block = np.empty((unique.size,) + dataset.shape[1:], dtype=dataset.dtype)
+        for k, row in enumerate(unique.tolist()):
+            block[k] = dataset[row]
+    elif unique.size == 1:
+        block = dataset[int(unique[0]) : int(unique[0]) + 1]
+    elif unique[-1] - unique[0] + 1 == unique.size:  # a contiguous run: one hyperslab
+        block = dataset[int(unique[0]) : int(unique[-1]) + 1]
+    else:
+        block = dataset[unique]
+    return block[inverse.reshape(-1)]
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Metadata of a cache or partial build, without checking that it is complete."""
+    path = Path(path)
+    with _open_h5(path) as handle:
+        return read_attrs(handle.attrs)
+
+
+def open_cache(
+    path: str | Path, *, expect: Mapping[str, Any] | None = None, verify: bool = False
+) -> TeacherCache:
+    """Open a teacher cache after checking that it is complete, of this format, has every dataset
+    at the recorded size, and (``expect``) was built from what the caller expects: keys such as
+    ``teacher_source``, ``teacher_fingerprints``, ``dataset_fingerprint``, ``split``,
+    ``image_size``, ``embed_dim`` are compared with the metadata and every difference is reported.
+    ``verify=True`` also re-hashes every dataset against the stored checksums."""
+    path = Path(path)
+    with _open_h5(path) as handle:
+        meta = read_attrs(handle.attrs)
+        if meta.get("format") != FORMAT_NAME:
+            raise CacheError(
+                f"{path} is an HDF5 file but not a tinysiglip teacher cache (format attribute "
+                f"{meta.get('format')!r}). Check the path."
+            )
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CacheError(
+                f"teacher cache {path} has format version {meta.get('format_version')!r}; this tinysiglip "
+                f"({meta.get('tinysiglip_version', '?')} wrote it) reads version {FORMAT_VERSION}. "
+                "Rebuild it with this version of tinysiglip (delete it first)."
+            )
+        if not meta.get("complete"):
+            done, total = meta.get("images_done", "?"), meta.get("num_images", "?")
+            raise CacheError(
+                f"teacher cache {path} is incomplete ({done} of {total} images done, complete flag not "
+                f"set): {BUILD_HINT} to finish it."
+            )
+        try:
+            shapes = expected_shapes(meta)
+        except KeyError as error:
+            raise CacheError(
+                f"teacher cache {path}: metadata lacks {error}; delete it and rebuild it"
+            ) from error
+        problems = []
+        for name, shape in shapes.items():
+            if name not in handle:
+                problems.append(f"dataset {name!r} is missing")
+            elif tuple(handle[name].shape) != shape:
+                problems.append(f"dataset {name!r} has shape {tuple(handle[name].shape)}, expected {shape}")
+        if problems:
+            raise CacheError(
+                f"teacher cache {path} is damaged:\n  "
+                + "\n  ".join(problems)
+                + f"\nDelete it and rebuild it ({BUILD_HINT})."
+            )
+    if expect:
+        differences = diff_meta(dict(expect), meta)
+        if differences:
+            raise CacheError(
+                f"teacher cache {path} was built for something else than expected:\n  "
+                + "\n  ".join(differences)
+                + "\nBuild a cache for this teacher and dataset (another --out path), or point to the right one."
+            )
+    cache = TeacherCache(path, meta)
+    if verify:
+        try:
+            cache.verify()
+        finally:
+            cache.close()
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# torch Datasets
+
+
+class _CacheDataset(Dataset):
+    """Picklable base: remembers the path, opens its own handle in whichever process reads."""
+
+    def __init__(self, path: str | Path, *, rdcc_nbytes: int = DEFAULT_RDCC_NBYTES):
+        self.cache = open_cache(path)
+        self.cache.close()
+        self.path = self.cache.path
+        self.rdcc_nbytes = int(rdcc_nbytes)
+        self._handle: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _h5(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = _open_h5(self.path, rdcc_nbytes=self.rdcc_nbytes, rdcc_nslots=DEFAULT_RDCC_NSLOTS)
+            self._pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _check_index(index: np.ndarray, length: int) -> np.ndarray:
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    if index.size and (index.min() < -length or index.max() >= length):
+        raise IndexError(f"index out of range for a dataset of length {length}")
+    return np.where(index < 0, index + length, index)
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fixed, platform-independent hash of uint64 values."""
+    z = values.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z
+
+
+def draw_caption_offsets(seed: int, epoch: int, image_rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Which caption (0..count-1) each image gets in this epoch; a pure function of (seed, epoch, row)."""
+    with np.errstate(over="ignore"):
+        key = _mix64(np.array([seed], dtype=np.int64).astype(np.uint64))
+        key = _mix64(key ^ np.array([epoch], dtype=np.int64).astype(np.uint64))
+        h = _mix64(np.asarray(image_rows, dtype=np.int64).astype(np.uint64) ^ key)
+    return (h % np.asarray(counts, dtype=np.uint64)).astype(np.int64)
+
+
+class TrainPairs(_CacheDataset):
+    """Item i = image row i with ONE of its captions, drawn from (seed, epoch, i); ``set_epoch``
+    redraws. Items::
+
+        {"pixels": uint8 (3, H, W), "input_ids": int64 (L,), "teacher_image_embed": float32 (D,),
+         "teacher_text_embed": float32 (D,), "image_index": int64 (), "caption_index": int64 ()}
+
+    ``embeddings_in_memory=True`` loads both embedding tables once per process (at their stored
+    dtype) so that only pixels and token ids are read from disk.
+
+    With DataLoader workers, call ``set_epoch`` before iterating and keep ``persistent_workers``
+    off (workers copy the dataset, and its epoch, when an iteration starts).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        seed: int = 0,
+        embeddings_in_memory: bool = False,
+        rdcc_nbytes: int = DEFAULT_RDCC_NBYTES,
+    ):
+        super().__init__(path, rdcc_nbytes=rdcc_nbytes)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.embeddings_in_memory = bool(embeddings_in_memory)
+        with h5py.File(self.path, "r") as handle:
+            self.caption_offsets = handle["caption_offsets"][:].astype(np.int64)
+        self.caption_counts = np.diff(self.caption_offsets)
+        self._image_embeds: np.ndarray | None = None
+        self._text_embeds: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_image_embeds"] = None  # reloaded by the process that needs them
+        state["_text_embeds"] = None
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.cache.num_images
+
+    def caption_rows(self, image_rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The caption row drawn for each image row in the current epoch."""
+        rows = np.asarray(image_rows, dtype=np.int64)
+        return self.caption_offsets[rows] + draw_caption_offsets(
+            self.seed, self.epoch, rows, self.caption_counts[rows]
+        )
+
+    def _embeddings(self) -> tuple[Any, Any]:
+        handle = self._h5()
+        if not self.embeddings_in_memory:
+            return handle["image_embeds"], handle["text_embeds"]
+        if self._image_embeds is None:
+            self._image_embeds = handle["image_embeds"][:]
+            self._text_embeds = handle["text_embeds"][:]
+        return self._image_embeds, self._text_embeds
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        image_rows = _check_index(np.asarray(indices), len(self))
+        caption_rows = self.caption_rows(image_rows)
+        handle = self._h5()
+        image_embeds, text_embeds = self._embeddings()
+        pixels = torch.from_numpy(_read_rows(handle["pixels"], image_rows))
+        input_ids = torch.from_numpy(_read_rows(handle["token_ids"], caption_rows).astype(np.int64))
+        if isinstance(image_embeds, np.ndarray):
+            image_vectors = image_embeds[image_rows].astype(np.float32)
+            text_vectors = text_embeds[caption_rows].astype(np.float32)
+        else:
+            image_vectors = _read_rows(image_embeds, image_rows).astype(np.float32)
+            text_vectors = _read_rows(text_embeds, caption_rows).astype(np.float32)
+        image_vectors, text_vectors = torch.from_numpy(image_vectors), torch.from_numpy(text_vectors)
+        image_index = torch.from_numpy(image_rows)
+        caption_index = torch.from_numpy(caption_rows)
+        return [
+            {
+                "pixels": pixels[k],
+                "input_ids": input_ids[k],
+                "teacher_image_embed": image_vectors[k],
+                "teacher_text_embed": text_vectors[k],
+                "image_index": image_index[k],
+                "caption_index": caption_index[k],
+            }
+            for k in range(len(image_rows))
+        ]
+
+
+class CachedImages(_CacheDataset):
+    """Every cached image once, in row order: ``{"pixels": uint8 (3, H, W), "image_index": int64 ()}``."""
+
+    def __len__(self) -> int:
+        return self.cache.num_images
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        rows = _check_index(np.asarray(indices), len(self))
+        pixels = torch.from_numpy(_read_rows(self._h5()["pixels"], rows))
+        index = torch.from_numpy(rows)
+        return [{"pixels": pixels[k], "image_index": index[k]} for k in range(len(rows))]
+
+
+class CachedCaptions(_CacheDataset):
+    """Every cached caption once, in row order:
+    ``{"input_ids": int64 (L,), "caption_index": int64 (), "image_index": int64 ()}``."""
+
+    def __init__(self, path: str | Path, *, rdcc_nbytes: int = DEFAULT_RDCC_NBYTES):
+        super().__init__(path, rdcc_nbytes=rdcc_nbytes)
+        with h5py.File(self.path, "r") as handle:
+            self.caption_image_index = handle["caption_image_index"][:].astype(np.int64)
+
+    def __len__(self) -> int:
+        return self.cache.num_captions
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        rows = _check_index(np.asarray(indices), len(self))
+        input_ids = torch.from_numpy(_read_rows(self._h5()["token_ids"], rows).astype(np.int64))
+        caption_index = torch.from_numpy(rows)
+        image_index = torch.from_numpy(self.caption_image_index[rows])
+        return [
+            {"input_ids": input_ids[k], "caption_index": caption_index[k], "image_index": image_index[k]}
+            for k in range(len(rows))
+        ]

@@ -1,0 +1,103 @@
+"""``python -m tinysiglip.sweep STUDY.yaml [--local] [--resume] [--storage URL] [--max-concurrent N]
+[--dry-run] [--dashboard]`` (+ small-budget overrides: ``--trials-per-cell N --epochs N --seeds 0,1``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tinysiglip.errors import TinySigLIPError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tinysiglip.sweep",
+        description="Run a study: Ray Tune over the grid, one Optuna study per cell, the SQL study database.",
+    )
+    p.add_argument("study", help="study file (studies/*.yaml)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run the study in the local world: synthetic data, local teacher, tiny budgets, CPU",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish a study already in the database (nothing finished runs again)",
+    )
+    p.add_argument(
+        "--storage", metavar="URL", help="SQLAlchemy URL of the study database (overrides the file)"
+    )
+    p.add_argument("--run-dir", metavar="DIR", help="run folder (overrides the file)")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="at most N trials at once")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the expanded grid, trial counts, final runs and resources; run nothing",
+    )
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs Ray may use (default: all)")
+    small = p.add_argument_group("small-budget overrides (tests and smoke runs)")
+    small.add_argument("--trials-per-cell", type=int, metavar="N")
+    small.add_argument("--epochs", type=int, metavar="N", help="epochs per trial and final run")
+    small.add_argument("--seeds", metavar="S,S", help="final-run seeds, comma separated")
+    small.add_argument("--no-final", action="store_true", help="skip the final runs")
+    # test hooks: "module:function" importable in Ray workers (PYTHONPATH)
+    p.add_argument("--train-fn", help=argparse.SUPPRESS)
+    p.add_argument("--caches-fn", help=argparse.SUPPRESS)
+    p.add_argument("--teacher-metrics-fn", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tinysiglip.sweep.driver import SweepOptions, _import_fn, apply_overrides, plan_text, run_sweep
+    from tinysiglip.sweep.study import load_study
+
+    try:
+        seeds = None
+        if args.seeds:
+            try:
+                seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            except ValueError:
+                raise TinySigLIPError(
+                    f"--seeds: expected comma-separated integers, got {args.seeds!r}"
+                ) from None
+        for name in ("trials_per_cell", "epochs", "max_concurrent", "num_cpus"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                raise TinySigLIPError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        study = load_study(args.study, local=args.local, storage=args.storage, run_dir=args.run_dir)
+        options = SweepOptions(
+            resume=args.resume,
+            max_concurrent=args.max_concurrent,
+            dashboard=args.dashboard,
+            trials_per_cell=args.trials_per_cell,
+            epochs=args.epochs,
+            seeds=seeds,
+            num_cpus=args.num_cpus,
+            skip_final=args.no_final,
+            train_fn=args.train_fn,
+        )
+        if args.dry_run:
+            apply_overrides(study, options)
+            print(study.describe())
+            print(plan_text(study))
+            return 0
+        run_sweep(
+            study,
+            options,
+            ensure_caches=_import_fn(args.caches_fn) if args.caches_fn else None,
+            teacher_metrics=_import_fn(args.teacher_metrics_fn) if args.teacher_metrics_fn else None,
+        )
+        return 0
+    except TinySigLIPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to finish the study", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
