@@ -26,6 +26,7 @@ import yaml
 from tinysiglip.errors import TinySigLIPError
 from tinysiglip.evaluate import retrieval_metrics
 from tinysiglip.losses import DistillationLoss, LossWeights
+from tinysiglip.yaml_files import load_yaml
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -128,7 +129,7 @@ def load_config_file(path: str | Path, overrides: list[str] | None = None) -> di
     """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML scalars)."""
     path = Path(path)
     try:
-        partial = yaml.safe_load(path.read_text()) or {}
+        partial = load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as error:
@@ -143,7 +144,7 @@ def load_config_file(path: str | Path, overrides: list[str] | None = None) -> di
         parts = dotted.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_yaml(raw)
     return resolve_config(partial, source=str(path))
 
 
@@ -481,7 +482,7 @@ def run_training(
                 )
             loss = sum(value for key, value in terms.items() if key.endswith("_loss"))
             if not torch.isfinite(loss):
-                values = {key: float(value) for key, value in terms.items()}
+                values = {key: float(value.detach()) for key, value in terms.items()}
                 return finish(
                     "diverged", f"non-finite loss at step {state['step']} (epoch {epoch + 1}): {values}"
                 )

@@ -25,6 +25,7 @@ import optuna.distributions as od
 import yaml
 
 from tinysiglip.errors import TinySigLIPError
+from tinysiglip.yaml_files import load_yaml
 
 
 class StudyError(TinySigLIPError):
@@ -200,28 +201,6 @@ def describe_distribution(dist: od.BaseDistribution) -> str:
     return text
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen: dict = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {key!r} (first at line {seen[key] + 1})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def read_yaml(path: Path, *, what: str, field: str = "", referenced_from: str | None = None) -> Any:
     """Parse a YAML file safely (never evaluates anything); errors name the file and line."""
     path = Path(path)
@@ -240,7 +219,7 @@ def read_yaml(path: Path, *, what: str, field: str = "", referenced_from: str | 
             path, "", f"cannot read {what} file: {e}", "check the file's permissions and encoding"
         ) from e
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+        return load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown line"
