@@ -58,7 +58,7 @@ def test_shipped_study_loads(path, local):
         assert all(c.base_config["train"]["device"] == "cpu" for c in study.cells)
     else:
         assert study.run_dir == Path("runs") / study.name
-        assert study.storage_url == f"sqlite:///runs/{study.name}/study.db"
+        assert study.storage_url == f"sqlite:///{(Path.cwd() / 'runs' / study.name).as_posix()}/study.db"
         assert study.resources.gpus_per_trial == 0.25 and study.resources.cpus_per_trial == 4
         assert study.final_seeds == [0, 1, 2]
         assert all(t.local_source is None for t in study.teachers.values())
