@@ -238,3 +238,12 @@ def test_local_teacher_refuses_unknown_options_and_foreign_folders(tiny_shapes, 
     with pytest.raises(LocalTeacherError, match="not a local teacher folder"):
         train_local_teacher(train, foreign, progress=False, **TINY_LOCAL)
     assert (foreign / "notes.txt").exists()
+
+
+def test_fingerprints_do_not_change_when_the_tokenizer_is_used(tiny_teacher_dir):
+    from tinysiglip.teacher import load_teacher
+
+    teacher = load_teacher(tiny_teacher_dir("siglip"))
+    before = teacher.fingerprints()
+    teacher.tokenize(["a red circle"])
+    assert teacher.fingerprints() == before

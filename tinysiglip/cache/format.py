@@ -195,9 +195,6 @@ def normalise_source(source: Any) -> str:
 
 
 def teacher_identity(teacher) -> dict[str, Any]:
-    # A fast tokenizer's serialised form gains its padding/truncation settings at the first call,
-    # so fingerprints taken before and after tokenizing differ; tokenize once so they are stable.
-    teacher.tokenize(["a"])
     return {
         "teacher_source": normalise_source(teacher.source),
         "teacher_revision": getattr(teacher, "revision", None),

@@ -321,6 +321,9 @@ class Teacher:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is not None:
             tokenizer_payload: Any = json.loads(backend.to_str())
+            # The fast tokenizer records the padding/truncation of its last call: state, not identity.
+            tokenizer_payload.pop("padding", None)
+            tokenizer_payload.pop("truncation", None)
         else:
             tokenizer_payload = {"vocab": tokenizer.get_vocab()}
         tokenizer_payload = {

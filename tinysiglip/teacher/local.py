@@ -41,13 +41,13 @@ class LocalTeacherConfig:
     """Everything that decides the trained weights (with the seed and the data fingerprints)."""
 
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16  # 4x4 tokens at 64 px: ~3x cheaper than 8 on CPU, still learns the 3x3 positions
     hidden: int = 128
     vision_layers: int = 3
     text_layers: int = 2
     heads: int = 4
     mlp_ratio: int = 2
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
