@@ -10,6 +10,7 @@ install:
 # The main job in the local world: synthetic data, a locally trained teacher, the ablation study on CPU.
 demo: install
 	$(PY) -m tinysiglip.sweep $(STUDY) --local --resume
+	$(PY) -m tinysiglip.dashboards --study-file $(STUDY) --local
 	$(PY) -m tinysiglip.report --study-file $(STUDY) --local
 
 test: install

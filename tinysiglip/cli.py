@@ -49,6 +49,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, help="YAML training config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
+        "--local",
+        nargs="?",
+        const="local-m",
+        metavar="TEACHER",
+        help="train in the local world: its caches of TEACHER (default local-m), CPU-sized student, CPU",
+    )
+    parser.add_argument(
         "--run-dir", required=True, help="output folder; an existing checkpoint there is resumed"
     )
     parser.set_defaults(func=_run_train)
@@ -58,7 +65,22 @@ def _run_train(args: argparse.Namespace) -> int:
     from tinysiglip.evaluate import format_metrics
     from tinysiglip.train import load_config_file, run_training
 
-    config = load_config_file(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.local:
+        from tinysiglip.local_world import local_world
+
+        world = local_world()
+        caches = {split: world.cache_path(args.local, split) for split in ("train", "val", "test")}
+        overrides = [
+            f"data.train_cache={caches['train']}",
+            f"data.val_cache={caches['val']}",
+            f"data.test_cache={caches['test']}",
+            f"teacher.source={world.teacher_path(args.local)}",
+            "student.scale=local",
+            "train.device=cpu",
+            *overrides,
+        ]
+    config = load_config_file(args.config, overrides)
 
     def report(event: dict) -> None:
         metrics = event["metrics"]
@@ -142,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _FORWARDED:  # these stages parse their own options
+        return int(importlib.import_module(_FORWARDED[argv[0]]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -128,8 +128,8 @@ class Table:
 
     def latex(self) -> str:
         def esc(s: str) -> str:
+            s = s.replace("\\", "\x00")
             for a, b in (
-                ("\\", r"\textbackslash{}"),
                 ("&", r"\&"),
                 ("%", r"\%"),
                 ("_", r"\_"),
@@ -141,7 +141,7 @@ class Table:
                 s = s.replace(a, b)
             for a, b in _LATEX_SYMBOLS:
                 s = s.replace(a, b)
-            return s
+            return s.replace("\x00", r"\textbackslash{}")
 
         spec = "l" + "r" * (len(self.columns) - 1)
         lines = [
@@ -464,7 +464,12 @@ def table_best_params(data: StudyData) -> Table:
         for n in search_param_names(c):
             if n not in names:
                 names.append(n)
-    cols = [("cell", "Cell"), ("trial", "Best trial"), ("run_id", "Run id"), ("objective", f"val {data.metric}")]
+    cols = [
+        ("cell", "Cell"),
+        ("trial", "Best trial"),
+        ("run_id", "Run id"),
+        ("objective", f"val {data.metric}"),
+    ]
     cols += [(n, n) for n in names]
     rows, ids = [], []
     for c in data.cells:
@@ -505,7 +510,11 @@ def table_cost(data: StudyData) -> Table:
     rows.append({"cell": "Total (study)", **_cost_row(data.cost_total or {})})
     notes = [
         "Trial-epochs saved = Σ over pruned trials of (epoch budget − epochs done). "
-        + ("GPU-h = wall time × GPU fraction." if data.use_gpu_hours else "CPU-h = wall time × CPUs per trial.")
+        + (
+            "GPU-h = wall time × GPU fraction."
+            if data.use_gpu_hours
+            else "CPU-h = wall time × CPUs per trial."
+        )
     ]
     return Table(
         "table_cost",
@@ -514,7 +523,15 @@ def table_cost(data: StudyData) -> Table:
         rows,
         notes,
         ids,
-        csv_extra=["trials_running", "final_runs", "final_complete", "final_failed", "wall_time_s", "gpu_hours", "cpu_hours"],
+        csv_extra=[
+            "trials_running",
+            "final_runs",
+            "final_complete",
+            "final_failed",
+            "wall_time_s",
+            "gpu_hours",
+            "cpu_hours",
+        ],
     )
 
 
@@ -676,11 +693,26 @@ def resolve_source(args) -> tuple[str, list[str] | None]:
     return args.storage, names
 
 
+def open_existing(url: str) -> StudyStore:
+    """Open the database for reading; a SQLite file that does not exist is an error, not a new file."""
+    from sqlalchemy.engine import make_url
+
+    text = str(url)
+    if "://" in text:
+        u = make_url(text)
+        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+            if not Path(u.database).exists():
+                raise FileNotFoundError(f"no study database at {u.database} (has the sweep run?)")
+    elif not Path(text).exists():
+        raise FileNotFoundError(f"no study database at {text} (has the sweep run?)")
+    return open_store(text, create=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         url, names = resolve_source(args)
-        store = open_store(url, create=False)
+        store = open_existing(url)
         known = [s.name for s in store.studies()]
     except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback
         print(f"error: cannot read the study database: {exc}", file=sys.stderr)

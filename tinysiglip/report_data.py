@@ -250,7 +250,10 @@ def study_report_data(store: StudyStore, study_name: str) -> StudyData:
         metrics["mean_r1"] = stat_of(
             complete,
             lambda r: (
-                ((r.test_metrics or {}).get("i2t_r1", math.nan) + (r.test_metrics or {}).get("t2i_r1", math.nan))
+                (
+                    (r.test_metrics or {}).get("i2t_r1", math.nan)
+                    + (r.test_metrics or {}).get("t2i_r1", math.nan)
+                )
                 / 2
                 if r.test_metrics
                 else None
@@ -299,7 +302,9 @@ def study_report_data(store: StudyStore, study_name: str) -> StudyData:
     for t in store.teacher_metrics(study_name):
         if t.split != "test":
             continue
-        d = teachers.setdefault(t.teacher_source, {"cells": [], "metrics": t.metrics, "params": None, "ids": []})
+        d = teachers.setdefault(
+            t.teacher_source, {"cells": [], "metrics": t.metrics, "params": None, "ids": []}
+        )
         d["cells"].append(t.cell)
         d["ids"].append(t.id)
         total = (t.teacher_params or {}).get("total")
