@@ -1437,7 +1437,8 @@ def load_study(
     storage_url = (
         _storage(c, storage, "--storage")
         if storage
-        else file_storage or f"sqlite:///{run.absolute().as_posix()}/study.db"  # printable, usable from anywhere
+        else file_storage
+        or f"sqlite:///{run.absolute().as_posix()}/study.db"  # printable, usable from anywhere
     )
     return Study(
         name=name,
