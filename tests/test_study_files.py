@@ -466,3 +466,19 @@ def test_student_names_without_registry(tmp_path, monkeypatch):
     assert load_study(_write(tmp_path, edit=_set("grid.A3.student", {"name": "mobilenetv3"})))
     with pytest.raises(StudyError, match=r"grid\.A3\.student\.name"):
         load_study(_write(tmp_path, edit=_set("grid.A3.student", {"name": "mobilenet"})))
+
+
+def test_study_schema_matches_the_training_config():
+    """Study files are validated against the same keys the trainer accepts (no drift between the two)."""
+    from tinysiglip.train import DEFAULT_CONFIG
+
+    def keys(tree, prefix=""):
+        out = set()
+        for key, value in tree.items():
+            out.add(prefix + key)
+            if isinstance(value, dict) and value and prefix + key not in ("data.expect", "student.overrides"):
+                out |= keys(value, prefix + key + ".")
+        return out
+
+    schema = {k: v for k, v in TRAINING_CONFIG_KEYS.items()}
+    assert keys(DEFAULT_CONFIG) == keys(schema)

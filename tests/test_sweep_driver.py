@@ -226,11 +226,19 @@ def test_kill_and_resume(tmp_path):
             assert epochs == list(range(1, r.epochs_budget + 1))
 
 
+@pytest.fixture(scope="session")
+def tiny_world_env(tmp_path_factory):
+    """The smallest local world (tiny data, short teacher training), shared by every shipped study.
+
+    ``TINYSIGLIP_LOCAL_WORLD`` may point at a world kept between runs (CI keeps none)."""
+    root = os.environ.get("TINYSIGLIP_TEST_LOCAL_WORLD") or str(tmp_path_factory.mktemp("local_world"))
+    return {"TINYSIGLIP_LOCAL_WORLD": root, "TINYSIGLIP_LOCAL_WORLD_SIZE": "tiny"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("study_file", sorted(p.name for p in (ROOT / "studies").glob("*.yaml")))
-def test_shipped_study_local_smallest_budget(tmp_path, study_file):
+def test_shipped_study_local_smallest_budget(tmp_path, study_file, tiny_world_env):
     """Every shipped study runs end to end in the local world (real caches, real training)."""
-    pytest.importorskip("tinysiglip.sweep.caches")
     run_dir = tmp_path / "run"
     sweep(
         ROOT / "studies" / study_file,
@@ -243,6 +251,7 @@ def test_shipped_study_local_smallest_budget(tmp_path, study_file):
         "1",
         "--seeds",
         "0",
+        **tiny_world_env,
     )
     url = f"sqlite:///{run_dir / 'study.db'}"
     store = open_store(url)

@@ -51,7 +51,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "embeddings_in_memory": True,
     },
     "student": {"name": "vit_small", "pretrained": False, "scale": "full", "overrides": {}},
-    "loss": {"feat": 1.0, "affinity": 1.0, "contrast": 1.0, "contrastive": "sigmoid"},
+    # init_logit_*: the student's learnable temperature and bias (SigLIP: 10 and -10, a prior tuned
+    # for 32k-pair batches; small batches learn faster from a bias near -log(batch size)).
+    "loss": {
+        "feat": 1.0,
+        "affinity": 1.0,
+        "contrast": 1.0,
+        "contrastive": "sigmoid",
+        "init_logit_scale": 10.0,
+        "init_logit_bias": -10.0,
+    },
     "optim": {
         "lr": 5.0e-4,
         "weight_decay": 0.05,
@@ -109,6 +118,8 @@ def resolve_config(partial: Mapping[str, Any] | None = None, *, source: str = "c
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source}: loss: {error}") from None
+    if not (isinstance(loss["init_logit_scale"], (int, float)) and loss["init_logit_scale"] > 0):
+        raise ConfigError(f"{source}: loss.init_logit_scale must be a positive number")
     if loss["contrastive"] not in ("sigmoid", "infonce"):
         raise ConfigError(
             f"{source}: loss.contrastive must be 'sigmoid' or 'infonce', got {loss['contrastive']!r}"
@@ -377,6 +388,9 @@ def run_training(
         scale=config["student"]["scale"],
         **dict(config["student"]["overrides"] or {}),
     ).to(device)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(float(config["loss"]["init_logit_scale"])))
+        model.logit_bias.fill_(float(config["loss"]["init_logit_bias"]))
     param_counts = model.parameter_counts()
     loss_cfg = config["loss"]
     criterion = DistillationLoss(

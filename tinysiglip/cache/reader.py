@@ -204,8 +204,21 @@ class TeacherCache:
         return dict(stored)
 
 
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """dataset[rows] for any order and repeats, as one increasing-index h5py read."""
+def _raw_row_chunks(dataset: h5py.Dataset) -> bool:
+    """True when every chunk is exactly one row stored as is (no compression or other filter), so
+    a row can be read as raw chunk bytes (``read_direct_chunk``), skipping HDF5's selection machinery."""
+    chunks = dataset.chunks
+    return (
+        chunks is not None
+        and tuple(chunks) == (1, *dataset.shape[1:])
+        and dataset.id.get_create_plist().get_nfilters() == 0
+    )
+
+
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray, *, raw_chunks: bool = False) -> np.ndarray:
+    """dataset[rows] for any order and repeats, as one increasing-index h5py read.
+
+    ``raw_chunks=True`` (only when ``_raw_row_chunks(dataset)``) reads one-row chunks as raw bytes."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size == 0:
         return np.empty((0,) + dataset.shape[1:], dtype=dataset.dtype)
@@ -214,8 +227,14 @@ def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         # One row per chunk (pixels): HDF5's multi-hyperslab selections over many chunks are
         # ~40x slower than reading the chunks one by one.
         block = np.empty((unique.size,) + dataset.shape[1:], dtype=dataset.dtype)
-        for k, row in enumerate(unique.tolist()):
-            block[k] = dataset[row]
+        if raw_chunks:
+            flat = block.reshape(unique.size, -1).view(np.uint8)
+            tail = (0,) * (len(dataset.shape) - 1)
+            for k, row in enumerate(unique.tolist()):
+                flat[k] = np.frombuffer(dataset.id.read_direct_chunk((row, *tail))[1], dtype=np.uint8)
+        else:
+            for k, row in enumerate(unique.tolist()):
+                block[k] = dataset[row]
     elif unique.size == 1:
         block = dataset[int(unique[0]) : int(unique[0]) + 1]
     elif unique[-1] - unique[0] + 1 == unique.size:  # a contiguous run: one hyperslab
@@ -309,23 +328,36 @@ class _CacheDataset(Dataset):
         self.rdcc_nbytes = int(rdcc_nbytes)
         self._handle: h5py.File | None = None
         self._pid: int | None = None
+        self._datasets: dict[str, tuple[h5py.Dataset, bool]] = {}
 
     def _h5(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
             self._handle = _open_h5(self.path, rdcc_nbytes=self.rdcc_nbytes, rdcc_nslots=DEFAULT_RDCC_NSLOTS)
             self._pid = os.getpid()
+            self._datasets = {}
         return self._handle
+
+    def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """``_read_rows`` of a dataset whose h5py object (a lookup costs ~0.1 ms) is kept per handle."""
+        handle = self._h5()
+        entry = self._datasets.get(name)
+        if entry is None:
+            dataset = handle[name]
+            entry = self._datasets[name] = (dataset, _raw_row_chunks(dataset))
+        return _read_rows(entry[0], rows, raw_chunks=entry[1])
 
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
         self._handle = None
         self._pid = None
+        self._datasets = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handle"] = None
         state["_pid"] = None
+        state["_datasets"] = {}
         return state
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -360,6 +392,16 @@ def draw_caption_offsets(seed: int, epoch: int, image_rows: np.ndarray, counts: 
         key = _mix64(key ^ np.array([epoch], dtype=np.int64).astype(np.uint64))
         h = _mix64(np.asarray(image_rows, dtype=np.int64).astype(np.uint64) ^ key)
     return (h % np.asarray(counts, dtype=np.uint64)).astype(np.int64)
+
+
+_TRAIN_KEYS = (
+    "pixels",
+    "input_ids",
+    "teacher_image_embed",
+    "teacher_text_embed",
+    "image_index",
+    "caption_index",
+)
 
 
 class TrainPairs(_CacheDataset):
@@ -416,7 +458,7 @@ class TrainPairs(_CacheDataset):
     def _embeddings(self) -> tuple[Any, Any]:
         handle = self._h5()
         if not self.embeddings_in_memory:
-            return handle["image_embeds"], handle["text_embeds"]
+            return None, None  # read per batch by __getitems__
         if self._image_embeds is None:
             self._image_embeds = handle["image_embeds"][:]
             self._text_embeds = handle["text_embeds"][:]
@@ -425,30 +467,24 @@ class TrainPairs(_CacheDataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         image_rows = _check_index(np.asarray(indices), len(self))
         caption_rows = self.caption_rows(image_rows)
-        handle = self._h5()
         image_embeds, text_embeds = self._embeddings()
-        pixels = torch.from_numpy(_read_rows(handle["pixels"], image_rows))
-        input_ids = torch.from_numpy(_read_rows(handle["token_ids"], caption_rows).astype(np.int64))
+        pixels = torch.from_numpy(self._rows("pixels", image_rows))
+        input_ids = torch.from_numpy(self._rows("token_ids", caption_rows).astype(np.int64))
         if isinstance(image_embeds, np.ndarray):
             image_vectors = image_embeds[image_rows].astype(np.float32)
             text_vectors = text_embeds[caption_rows].astype(np.float32)
         else:
-            image_vectors = _read_rows(image_embeds, image_rows).astype(np.float32)
-            text_vectors = _read_rows(text_embeds, caption_rows).astype(np.float32)
-        image_vectors, text_vectors = torch.from_numpy(image_vectors), torch.from_numpy(text_vectors)
-        image_index = torch.from_numpy(image_rows)
-        caption_index = torch.from_numpy(caption_rows)
-        return [
-            {
-                "pixels": pixels[k],
-                "input_ids": input_ids[k],
-                "teacher_image_embed": image_vectors[k],
-                "teacher_text_embed": text_vectors[k],
-                "image_index": image_index[k],
-                "caption_index": caption_index[k],
-            }
-            for k in range(len(image_rows))
-        ]
+            image_vectors = self._rows("image_embeds", image_rows).astype(np.float32)
+            text_vectors = self._rows("text_embeds", caption_rows).astype(np.float32)
+        columns = (
+            pixels,
+            input_ids,
+            torch.from_numpy(image_vectors),
+            torch.from_numpy(text_vectors),
+            torch.from_numpy(image_rows),
+            torch.from_numpy(caption_rows),
+        )
+        return [dict(zip(_TRAIN_KEYS, item)) for item in zip(*(c.unbind(0) for c in columns))]
 
 
 class CachedImages(_CacheDataset):
@@ -459,9 +495,9 @@ class CachedImages(_CacheDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         rows = _check_index(np.asarray(indices), len(self))
-        pixels = torch.from_numpy(_read_rows(self._h5()["pixels"], rows))
+        pixels = torch.from_numpy(self._rows("pixels", rows))
         index = torch.from_numpy(rows)
-        return [{"pixels": pixels[k], "image_index": index[k]} for k in range(len(rows))]
+        return [{"pixels": p, "image_index": i} for p, i in zip(pixels.unbind(0), index.unbind(0))]
 
 
 class CachedCaptions(_CacheDataset):
@@ -478,10 +514,10 @@ class CachedCaptions(_CacheDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         rows = _check_index(np.asarray(indices), len(self))
-        input_ids = torch.from_numpy(_read_rows(self._h5()["token_ids"], rows).astype(np.int64))
+        input_ids = torch.from_numpy(self._rows("token_ids", rows).astype(np.int64))
         caption_index = torch.from_numpy(rows)
         image_index = torch.from_numpy(self.caption_image_index[rows])
         return [
-            {"input_ids": input_ids[k], "caption_index": caption_index[k], "image_index": image_index[k]}
-            for k in range(len(rows))
+            {"input_ids": t, "caption_index": c, "image_index": i}
+            for t, c, i in zip(input_ids.unbind(0), caption_index.unbind(0), image_index.unbind(0))
         ]

@@ -37,7 +37,7 @@ Study YAML (see studies/ablation_A.yaml)::
       budget: {epochs: 2}
       final: {seeds: [0, 1]}
       resources: {cpus_per_trial: 1, gpus_per_trial: 0}
-      config: {optim: {batch_size: 32}, student: {overrides: {text_layers: 2, text_width: 128}}}
+      config: {optim: {batch_size: 32}, student: {scale: local}}   # CPU-sized student variants
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ TRAINING_CONFIG_KEYS: dict[str, Any] = {
         "affinity": Key("lambda"),
         "contrast": Key("lambda"),
         "contrastive": Key("choice", choices=("sigmoid", "infonce")),
+        "init_logit_scale": Key("float", min=0, min_open=True),
+        "init_logit_bias": Key("float"),
     },
     "optim": {
         "lr": Key("float", min=0, min_open=True),
