@@ -73,7 +73,7 @@ def env(**extra):
 
 def sweep(study: Path, *args, check=True, **env_extra):
     cmd = [sys.executable, "-m", "tinysiglip.sweep", str(study), *args]
-    p = subprocess.run(cmd, cwd=ROOT, env=env(**env_extra), capture_output=True, text=True, timeout=900)
+    p = subprocess.run(cmd, cwd=ROOT, env=env(**env_extra), capture_output=True, text=True, timeout=1800)
     if check and p.returncode != 0:
         raise AssertionError(f"sweep failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
