@@ -457,6 +457,8 @@ def run_training(
         (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
         return result
 
+    check_every = 1 if device.type == "cpu" else 50
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     model.train()
     while state["epoch"] < epochs and state["step"] < total_steps and not stop:
         epoch = state["epoch"]
@@ -495,10 +497,14 @@ def run_training(
                     caption_image_index=batch["image_index"].to(device),
                 )
             loss = sum(value for key, value in terms.items() if key.endswith("_loss"))
-            if not torch.isfinite(loss):
+            # A non-finite loss ends the run. On a GPU, reading the flag every step would stall the
+            # pipeline on a device sync, so it is read every `check_every` steps and before evaluating.
+            nonfinite |= ~torch.isfinite(loss.detach())
+            if (state["step"] + 1) % check_every == 0 and bool(nonfinite):
                 values = {key: float(value.detach()) for key, value in terms.items()}
+                where = "at" if check_every == 1 else "at or before"
                 return finish(
-                    "diverged", f"non-finite loss at step {state['step']} (epoch {epoch + 1}): {values}"
+                    "diverged", f"non-finite loss {where} step {state['step']} (epoch {epoch + 1}): {values}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -509,6 +515,8 @@ def run_training(
             with torch.no_grad():  # SigLIP clamps its temperature; so do we
                 model.logit_scale.clamp_(max=math.log(100.0))
             state["step"] += 1
+        if bool(nonfinite):
+            return finish("diverged", f"non-finite loss before step {state['step']} (epoch {epoch + 1})")
         state["epoch"] = epoch + 1
 
         last_epoch = state["epoch"] >= epochs or state["step"] >= total_steps
