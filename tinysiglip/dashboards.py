@@ -464,12 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tinysiglip dashboards",
         description="Self-contained Plotly HTML dashboards from the study database.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--storage", metavar="URL", help="study database (SQLAlchemy URL or SQLite path)")
-    src.add_argument("--study-file", metavar="STUDY.yaml", help="take the storage URL and study name from it")
-    p.add_argument("--local", action="store_true", help="with --study-file: the --local world's database")
-    p.add_argument("--run-dir", metavar="DIR", help="with --study-file: the run folder it was run with")
-    p.add_argument("--study", default=None, metavar="NAME|all", help="study name, or all (default: all)")
+    from tinysiglip.report import add_source_arguments
+
+    add_source_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default <run_dir>/dashboards)")
     p.add_argument(
         "--declarations", metavar="DIR", default=str(DECLARATIONS_DIR), help="dashboards/*.yaml folder"

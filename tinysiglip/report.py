@@ -665,17 +665,22 @@ def default_out_dir(url: str, study_name: str, *, multi: bool) -> Path:
     return Path("reports") / study_name
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tinysiglip report",
-        description="Tables (Markdown, CSV, LaTeX) and best configs from the study database.",
-    )
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the study database is: a URL, or a study file (its storage, as `--local` would use it)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--storage", metavar="URL", help="study database (SQLAlchemy URL or SQLite path)")
     src.add_argument("--study-file", metavar="STUDY.yaml", help="take the storage URL and study name from it")
     p.add_argument("--local", action="store_true", help="with --study-file: the --local world's database")
     p.add_argument("--run-dir", metavar="DIR", help="with --study-file: the run folder it was run with")
     p.add_argument("--study", default=None, metavar="NAME|all", help="study name, or all (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tinysiglip report",
+        description="Tables (Markdown, CSV, LaTeX) and best configs from the study database.",
+    )
+    add_source_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default <run_dir>/report or reports/<study>)")
     p.add_argument("--no-validate", action="store_true", help="skip resolve_config on exported configs")
     return p
