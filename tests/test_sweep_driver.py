@@ -171,6 +171,7 @@ def test_sweep_prunes_retries_and_records(tmp_path):
     pruned = [r for r in strong if r.status == "pruned"]
     assert pruned, "the pruner pruned nothing"
     assert all(bad(r) for r in pruned)  # only designed-bad trials are pruned ...
+    assert all(r.epochs_done < r.epochs_budget for r in pruned)  # ... and never at their last epoch
     assert not any(r.status == "pruned" for r in flat)  # ... and never against another cell's trials
     assert all(r.status != "pruned" for r in strong if not bad(r))
     for cell_runs in (strong, flat):

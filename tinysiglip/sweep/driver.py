@@ -376,6 +376,9 @@ class SweepState:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a step re-reported after a resume is ignored by Optuna
             a.optuna_trial.report(objective, step=epoch)
+        budget = self._epochs_budget(a.spec.get("train_config") or {})
+        if budget is not None and epoch >= budget:
+            return False  # its last evaluation: pruning now would save nothing and lose a complete value
         if not a.optuna_trial.should_prune():
             return False
         import optuna
