@@ -60,7 +60,8 @@ class LocalWorldError(TinySigLIPError):
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("TINYSIGLIP_LOCAL_WORLD", ".tinysiglip/local_world")).expanduser()
+    # Absolute: cache paths go into trial configs, and Ray runs each trial in a folder of its own.
+    return Path(os.environ.get("TINYSIGLIP_LOCAL_WORLD", ".tinysiglip/local_world")).expanduser().absolute()
 
 
 def default_size() -> str:
@@ -156,7 +157,8 @@ def local_world(
         raise LocalWorldError(
             f"unknown local world size {size_name!r}; choose one of {', '.join(WORLD_SIZES)}"
         )
-    return LocalWorld(Path(root) if root else default_root(), WORLD_SIZES[size_name], progress=progress)
+    base = Path(root).expanduser().absolute() if root else default_root()
+    return LocalWorld(base, WORLD_SIZES[size_name], progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------

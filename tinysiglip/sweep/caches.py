@@ -18,7 +18,7 @@ CacheKey = tuple[str, str, str]
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TINYSIGLIP_CACHE_DIR", "caches")).expanduser()
+    return Path(os.environ.get("TINYSIGLIP_CACHE_DIR", "caches")).expanduser().absolute()
 
 
 def _folder_name(source: str, revision: str | None) -> str:
@@ -62,7 +62,8 @@ def ensure_study_caches(
             paths[(spec.teacher, spec.dataset, spec.split)] = world.cache_path(teacher, spec.split)
         return paths
 
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    # Absolute paths: they go into trial configs, and Ray runs each trial in a folder of its own.
+    root = Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
     import torch
 
     from tinysiglip.teacher import load_teacher
