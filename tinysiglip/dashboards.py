@@ -475,29 +475,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinysiglip.report import open_existing, resolve_source
+    from tinysiglip.report import open_studies
 
     args = build_parser().parse_args(argv)
     try:
         decls = load_declarations(Path(args.declarations))
-        url, names = resolve_source(args)
-        store = open_existing(url)
-        known = [s.name for s in store.studies()]
     except TinySigLIPError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001
-        print(f"error: cannot read the study database: {exc}", file=sys.stderr)
+    opened = open_studies(args)
+    if opened is None:
         return 2
-    names = names or known
-    missing = [n for n in names if n not in known]
-    if missing or not names:
-        print(
-            f"error: no study {', '.join(missing) or '(none recorded)'} in {redact_url(url)}; "
-            f"studies there: {', '.join(known) or 'none'}",
-            file=sys.stderr,
-        )
-        return 2
+    url, store, names = opened
     out = Path(args.out) if args.out else default_out_dir(url, names[0], multi=len(names) > 1)
     paths = write_dashboards(store, names, out, decls)
     print(f"dashboards: {(out / 'index.html').resolve()}")

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from tinysiglip.errors import TinySigLIPError
 from tinysiglip.report_data import (
     METRIC_KEYS,
     CellData,
@@ -713,15 +714,18 @@ def open_existing(url: str) -> StudyStore:
     return open_store(text, create=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def open_studies(args) -> tuple[str, StudyStore, list[str]] | None:
+    """(url, store, study names) from the source options; None after printing a clear error."""
     try:
         url, names = resolve_source(args)
         store = open_existing(url)
         known = [s.name for s in store.studies()]
+    except TinySigLIPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
     except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback
         print(f"error: cannot read the study database: {exc}", file=sys.stderr)
-        return 2
+        return None
     names = names or known
     missing = [n for n in names if n not in known]
     if missing or not names:
@@ -730,7 +734,16 @@ def main(argv: list[str] | None = None) -> int:
             f"studies there: {', '.join(known) or 'none'}",
             file=sys.stderr,
         )
+        return None
+    return url, store, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opened = open_studies(args)
+    if opened is None:
         return 2
+    url, store, names = opened
     written: list[Path] = []
     for name in names:
         out = Path(args.out) / name if args.out and len(names) > 1 else None

@@ -1317,46 +1317,8 @@ def load_study(
                 "expected a path to a search-space file",
                 "e.g. search_space: ../search_spaces/lambda_full.yaml",
             )
-        teacher_key = extras.get("teacher", defaults.get("teacher"))
-        if teacher_key is None and len(teachers) == 1:
-            teacher_key = next(iter(teachers))
-        teacher_fld = f"{fld}.teacher" if "teacher" in extras else "defaults.teacher"
-        if teacher_key is not None:
-            c.text(teacher_key, teacher_fld)
-        if teacher_key is None:
-            raise c.fail(
-                teacher_fld,
-                "no teacher for this cell",
-                "set defaults.teacher (or the cell's teacher) to one of: " + ", ".join(teachers),
-            )
-        if teacher_key not in teachers:
-            raise c.fail(
-                teacher_fld,
-                f"unknown teacher {teacher_key!r}",
-                "define it under teachers or use one of: "
-                + ", ".join(teachers)
-                + closest(str(teacher_key), teachers),
-            )
-        dataset_key = extras.get("dataset", defaults.get("dataset"))
-        if dataset_key is None and len(datasets) == 1:
-            dataset_key = next(iter(datasets))
-        dataset_fld = f"{fld}.dataset" if "dataset" in extras else "defaults.dataset"
-        if dataset_key is not None:
-            c.text(dataset_key, dataset_fld)
-        if dataset_key is None:
-            raise c.fail(
-                dataset_fld,
-                "no dataset for this cell",
-                "set defaults.dataset (or the cell's dataset) to one of: " + ", ".join(datasets),
-            )
-        if dataset_key not in datasets:
-            raise c.fail(
-                dataset_fld,
-                f"unknown dataset {dataset_key!r}",
-                "define it under datasets or use one of: "
-                + ", ".join(datasets)
-                + closest(str(dataset_key), datasets),
-            )
+        teacher_key = _cell_key(c, "teacher", teachers, extras, defaults, fld)
+        dataset_key = _cell_key(c, "dataset", datasets, extras, defaults, fld)
 
         d = {k: v for k, v in defaults.items() if k not in ("teacher", "dataset")}
         config = _deep_merge(d, cell)
@@ -1463,3 +1425,25 @@ def load_study(
         budget=budget,
         final_epochs=final_epochs,
     )
+
+
+def _cell_key(c, kind: str, table: dict, extras: dict, defaults: dict, fld: str) -> str:
+    """The teacher or dataset key a cell uses (its own, the defaults', or the only one defined)."""
+    key = extras.get(kind, defaults.get(kind))
+    if key is None and len(table) == 1:
+        key = next(iter(table))
+    key_fld = f"{fld}.{kind}" if kind in extras else f"defaults.{kind}"
+    if key is None:
+        raise c.fail(
+            key_fld,
+            f"no {kind} for this cell",
+            f"set defaults.{kind} (or the cell's {kind}) to one of: " + ", ".join(table),
+        )
+    c.text(key, key_fld)
+    if key not in table:
+        raise c.fail(
+            key_fld,
+            f"unknown {kind} {key!r}",
+            f"define it under {kind}s or use one of: " + ", ".join(table) + closest(str(key), table),
+        )
+    return key
