@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     args = p.parse_args(argv)
     common.setup_torch(args)
-    from tinysiglip.store import open_store
+    from tinysiglip.results.store import open_store
 
     trials = args.trials or (6 if args.quick else 12)
     epochs = args.epochs or (3 if args.quick else 5)

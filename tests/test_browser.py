@@ -75,7 +75,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
-    from tinysiglip.dashboards import main
+    from tinysiglip.results.dashboards import main
 
     url, _ = shared_study_db(tmp_path_factory)
     out = tmp_path_factory.mktemp("browser_dash")

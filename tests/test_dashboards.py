@@ -16,7 +16,7 @@ def study_db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dashboards(study_db, tmp_path_factory):
-    from tinysiglip.dashboards import main
+    from tinysiglip.results.dashboards import main
 
     out = tmp_path_factory.mktemp("dash")
     assert main(["--storage", study_db[0], "--out", str(out)]) == 0
@@ -25,7 +25,7 @@ def dashboards(study_db, tmp_path_factory):
 
 def test_every_cell_loads_with_optuna_api(study_db):
     """What optuna-dashboard sees: one Optuna study per cell, trial states as the driver recorded them."""
-    from tinysiglip.store import open_store
+    from tinysiglip.results.store import open_store
 
     url = study_db[0]
     store = open_store(url, create=False)
@@ -60,9 +60,9 @@ def test_pages_are_self_contained(dashboards):
 
 
 def test_data_functions_from_db(study_db):
-    from tinysiglip import dashboard_data as dd
-    from tinysiglip.report_data import study_report_data
-    from tinysiglip.store import open_store
+    from tinysiglip.results import dashboard_data as dd
+    from tinysiglip.results.report_data import study_report_data
+    from tinysiglip.results.store import open_store
 
     store = open_store(study_db[0], create=False)
     data = study_report_data(store, STUDY_NAME)
@@ -82,7 +82,7 @@ def test_data_functions_from_db(study_db):
 
 
 def test_declarations_validate(tmp_path):
-    from tinysiglip.dashboards import DashboardError, declarations_for, load_declarations
+    from tinysiglip.results.dashboards import DashboardError, declarations_for, load_declarations
 
     decls = load_declarations()
     assert [d.name for d in declarations_for("anything", decls)] == ["default"]

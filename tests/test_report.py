@@ -95,7 +95,7 @@ def study_db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(study_db, tmp_path_factory):
-    from tinysiglip.report import main
+    from tinysiglip.results.report import main
 
     url, _ = study_db
     out = tmp_path_factory.mktemp("report")
@@ -127,7 +127,7 @@ def test_report_writes_every_format(report):
 
 
 def test_table2_matches_database(report, study_db):
-    from tinysiglip.store import open_store
+    from tinysiglip.results.store import open_store
 
     store = open_store(study_db[0], create=False)
     rows = md_rows(report / "table2_ablation.md")
@@ -164,7 +164,7 @@ def test_table1_teacher_nokd_best(report):
 
 
 def test_cost_table_counts(report, study_db):
-    from tinysiglip.store import open_store
+    from tinysiglip.results.store import open_store
 
     store = open_store(study_db[0], create=False)
     summary = store.cost_summary(STUDY_NAME)
@@ -178,7 +178,7 @@ def test_cost_table_counts(report, study_db):
 
 
 def test_best_configs_are_train_configs(report, study_db):
-    from tinysiglip.store import open_store
+    from tinysiglip.results.store import open_store
     from tinysiglip.train import resolve_config
 
     store = open_store(study_db[0], create=False)
@@ -197,8 +197,8 @@ def test_best_configs_are_train_configs(report, study_db):
 
 def test_flags_missing_and_failed_seeds(study_db, tmp_path):
     """A cell with a failed final run is marked † with a footnote; n counts complete runs only."""
-    from tinysiglip.report import main
-    from tinysiglip.store import open_store
+    from tinysiglip.results.report import main
+    from tinysiglip.results.store import open_store
 
     url = study_db[0]
     db = Path(url.removeprefix("sqlite:///"))
@@ -216,9 +216,9 @@ def test_flags_missing_and_failed_seeds(study_db, tmp_path):
 
 def test_generic_tables_when_no_ablation(tmp_path, study_db):
     """A study without A-style cells still gets the per-cell and cost tables."""
-    from tinysiglip.report import build_tables
-    from tinysiglip.report_data import study_report_data
-    from tinysiglip.store import open_store
+    from tinysiglip.results.report import build_tables
+    from tinysiglip.results.report_data import study_report_data
+    from tinysiglip.results.store import open_store
 
     url = study_db[0]
     copy = tmp_path / "study.db"
@@ -232,7 +232,7 @@ def test_generic_tables_when_no_ablation(tmp_path, study_db):
 
 
 def test_cli_study_file_and_errors(study_db, tmp_path, capsys):
-    from tinysiglip.report import main
+    from tinysiglip.results.report import main
 
     url, study_file = study_db
     out = tmp_path / "r"

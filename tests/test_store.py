@@ -8,7 +8,7 @@ import uuid
 import optuna
 import pytest
 
-from tinysiglip.store import TABLE_NAMES, open_store, optuna_storage, redact_url, run_key
+from tinysiglip.results.store import TABLE_NAMES, open_store, optuna_storage, redact_url, run_key
 
 PG_URL = os.environ.get("TINYSIGLIP_TEST_POSTGRES_URL")
 BACKENDS = [

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tinysiglip.store import open_store
+from tinysiglip.results.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = [
@@ -109,7 +109,7 @@ def test_gpu_request_without_gpu_errors_unless_local(tmp_path):
 
 
 def test_existing_study_needs_resume(tmp_path):
-    from tinysiglip.store import optuna_storage
+    from tinysiglip.results.store import optuna_storage
     from tinysiglip.sweep.driver import SweepError, run_sweep
     from tinysiglip.sweep.study import load_study
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tinysiglip.errors import TinySigLIPError
-from tinysiglip.store import StudyStore, open_store, optuna_storage, redact_url
+from tinysiglip.results.store import StudyStore, open_store, optuna_storage, redact_url
 
 __all__ = ["SweepError", "SweepOptions", "SweepState", "run_sweep", "tsl_trainable"]
 

@@ -1,7 +1,7 @@
 """What the report and the dashboards know about a study, read from the study database only.
 
 Every number here comes from rows of ``tsl_runs`` / ``tsl_evaluations`` / ``tsl_teacher_metrics`` /
-``tsl_studies`` (see :mod:`tinysiglip.store`), and carries the ids of the runs it was computed from.
+``tsl_studies`` (see :mod:`tinysiglip.results.store`), and carries the ids of the runs it was computed from.
 
 * :func:`study_report_data` -> :class:`StudyData`: one :class:`CellData` per grid cell (its final runs
   summarised as mean ± std over seeds, its best trial, its cost) plus the roles the tables need, decided
@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinysiglip.store import RunRecord, StudyStore
+from tinysiglip.results.store import RunRecord, StudyStore
 
 __all__ = [
     "LOSS_TERMS",

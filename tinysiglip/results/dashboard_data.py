@@ -1,7 +1,7 @@
 """Data for the dashboards: plain dicts and lists from the study database (no plotting here).
 
-Each function takes ``(store, data)`` — the :class:`~tinysiglip.store.StudyStore` and the study's
-:class:`~tinysiglip.report_data.StudyData` — and returns JSON-able data; an empty result (no rows) means
+Each function takes ``(store, data)`` — the :class:`~tinysiglip.results.store.StudyStore` and the study's
+:class:`~tinysiglip.results.report_data.StudyData` — and returns JSON-able data; an empty result (no rows) means
 the plot does not apply to this study, and ``"note"`` says why. Parameter importances read each cell's
 Optuna study from the same database with Optuna's own API.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tinysiglip.report_data import StudyData, search_param_names
-from tinysiglip.store import StudyStore, optuna_storage
+from tinysiglip.results.report_data import StudyData, search_param_names
+from tinysiglip.results.store import StudyStore, optuna_storage
 
 __all__ = [
     "DATA_FUNCTIONS",

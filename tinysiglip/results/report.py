@@ -8,7 +8,7 @@ LaTeX (booktabs) tables into the output folder (default ``<run_dir>/report`` for
 under a run folder, else ``reports/<study>``), and one training config per cell under
 ``best_configs/<cell>.yaml`` that ``tinysiglip train --config FILE --run-dir DIR`` accepts.
 
-Tables (which cells play which role is decided from their configs: see :mod:`tinysiglip.report_data`):
+Tables (which cells play which role is decided from their configs: see :mod:`tinysiglip.results.report_data`):
 
 * ``table1_main``: teacher (its cached test embeddings), student without KD, best distilled student;
 * ``table2_ablation``: each ablation cell's I2T / T2I R@1 and the delta vs the full method;
@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from tinysiglip.errors import TinySigLIPError
-from tinysiglip.report_data import (
+from tinysiglip.results.report_data import (
     METRIC_KEYS,
     CellData,
     Stat,
@@ -42,7 +42,7 @@ from tinysiglip.report_data import (
     search_param_names,
     study_report_data,
 )
-from tinysiglip.store import StudyStore, open_store, redact_url
+from tinysiglip.results.store import StudyStore, open_store, redact_url
 
 __all__ = ["Table", "build_tables", "export_best_configs", "main", "write_report"]
 

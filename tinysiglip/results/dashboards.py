@@ -11,7 +11,7 @@ Which plots go on which page, for which study, is declared in ``dashboards/*.yam
       overview: [ablation_bars, scaling, cost_over_time]
 
 Plots: ``ablation_bars``, ``parallel_coordinates``, ``learning_curves``, ``optimization_history``,
-``param_importances``, ``scaling``, ``cost_over_time``. Data come from :mod:`tinysiglip.dashboard_data`
+``param_importances``, ``scaling``, ``cost_over_time``. Data come from :mod:`tinysiglip.results.dashboard_data`
 (plain dicts from the database); the ``draw_*`` functions here only turn them into Plotly figures.
 Each page inlines plotly.js (no CDN, opens offline); ``index.html`` links every page. Nothing is served.
 """
@@ -27,14 +27,14 @@ from pathlib import Path
 
 import yaml
 
-from tinysiglip.dashboard_data import DATA_FUNCTIONS
 from tinysiglip.errors import TinySigLIPError
-from tinysiglip.report_data import study_report_data
-from tinysiglip.store import StudyStore, redact_url
+from tinysiglip.results.dashboard_data import DATA_FUNCTIONS
+from tinysiglip.results.report_data import study_report_data
+from tinysiglip.results.store import StudyStore, redact_url
 
 __all__ = ["DashboardError", "Declaration", "PLOTS", "load_declarations", "main", "write_dashboards"]
 
-DECLARATIONS_DIR = Path(__file__).resolve().parents[1] / "dashboards"
+DECLARATIONS_DIR = Path(__file__).resolve().parents[2] / "dashboards"
 STATE_COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "failed": "#7f7f7f", "running": "#ff7f0e"}
 
 
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tinysiglip dashboards",
         description="Self-contained Plotly HTML dashboards from the study database.",
     )
-    from tinysiglip.report import add_source_arguments
+    from tinysiglip.results.report import add_source_arguments
 
     add_source_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default <run_dir>/dashboards)")
@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinysiglip.report import open_studies
+    from tinysiglip.results.report import open_studies
 
     args = build_parser().parse_args(argv)
     try:

@@ -1,0 +1,1 @@
+"""Everything that reads the study database: the store, the report tables and the dashboards."""
