@@ -31,8 +31,8 @@ _REGISTRARS = (
 # Stages with their own ``python -m`` entry point; ``tinysiglip NAME args`` forwards to them.
 _FORWARDED = {
     "sweep": "tinysiglip.sweep.__main__",
-    "report": "tinysiglip.results.report",
-    "dashboards": "tinysiglip.results.dashboards",
+    "report": "tinysiglip.report",
+    "dashboards": "tinysiglip.dashboards",
 }
 
 
