@@ -1,4 +1,6 @@
-"""Every dashboard page in headless Chromium: no JavaScript errors, no empty plots, screenshots saved.
+"""Every dashboard page in headless Chromium: no JavaScript errors, no empty plots, plotly.js loaded from
+the one copy in the study's folder, the teacher's reference lines drawn, whole-number epoch ticks;
+screenshots saved.
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` (/usr/bin/chromium, /usr/bin/chromedriver)
 and the ``selenium`` package; skips with the reason when one is missing (it installs nothing itself).
@@ -7,6 +9,7 @@ Screenshots go to ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -32,10 +35,16 @@ for (const gd of document.querySelectorAll('.js-plotly-plot')) {
       ...((t.dimensions || []).map(d => (d.values || []).length)), 0);
     if (n > 0) withPoints += 1;
   }
+  const teacherLines = ((gd.layout && gd.layout.shapes) || []).filter(
+    s => (s.name || '').startsWith('teacher ')).length;
   out.push({title: (gd.layout && gd.layout.title && gd.layout.title.text) || '', traces: data.length,
-            withPoints: withPoints, svg: gd.querySelectorAll('svg').length});
+            withPoints: withPoints, svg: gd.querySelectorAll('svg').length, teacherLines: teacherLines,
+            shapesDrawn: gd.querySelectorAll('.shapelayer path').length,
+            xticks: Array.from(gd.querySelectorAll('.xtick text')).map(t => t.textContent)});
 }
-return {plots: out, declared: Number(document.body.dataset.tslPlots || 0), plotly: typeof Plotly};
+const scripts = Array.from(document.querySelectorAll('script[src]')).map(s => s.getAttribute('src'));
+return {plots: out, declared: Number(document.body.dataset.tslPlots || 0), plotly: typeof Plotly,
+        scripts: scripts};
 """
 
 
@@ -89,19 +98,25 @@ def test_pages_render_without_errors(browser, pages):
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     problems = []
+    seen: dict[str, dict] = {}
     for f in [out / "index.html", *files]:
         browser.get(f.resolve().as_uri())
         browser.implicitly_wait(2)
         result = browser.execute_script(PLOT_CHECK_JS)
-        browser.set_window_size(1400, max(1000, 560 * max(1, len(result["plots"])) + 300))
+        browser.set_window_size(1400, max(1000, 600 * max(1, len(result["plots"])) + 300))
         browser.save_screenshot(str(ARTIFACTS / f"{f.parent.name}_{f.stem}.png"))
         errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
         if errors:
             problems.append(f"{f.name}: JavaScript errors {errors}")
         if f.name == "index.html":
             continue
+        seen[f.stem] = result
         if result["plotly"] != "object" and result["plotly"] != "function":
             problems.append(f"{f.name}: Plotly not loaded")
+        if result["scripts"] != ["plotly.min.js"]:
+            problems.append(
+                f"{f.name}: scripts {result['scripts']}, expected the folder's plotly.min.js only"
+            )
         if len(result["plots"]) != result["declared"] or not result["plots"]:
             problems.append(f"{f.name}: {len(result['plots'])} plots rendered, {result['declared']} written")
         for p in result["plots"]:
@@ -109,3 +124,11 @@ def test_pages_render_without_errors(browser, pages):
                 problems.append(f"{f.name}: empty plot {p}")
     assert not problems, "\n".join(problems)
     assert len(list(ARTIFACTS.glob("*.png"))) == len(files) + 1
+    # one plotly.js per dashboard folder, none inlined
+    assert [p.name for p in (out / STUDY_NAME).glob("*.js")] == ["plotly.min.js"]
+    # the learning-curve overlay: whole-number epoch ticks and the teacher's reference line, drawn
+    (curves,) = [p for p in seen["curves"]["plots"] if p["title"].startswith("Learning curves")]
+    assert curves["xticks"] and all(re.fullmatch(r"\d+", t) for t in curves["xticks"]), curves["xticks"]
+    assert curves["teacherLines"] >= 1 and curves["shapesDrawn"] >= curves["teacherLines"]
+    (bars,) = [p for p in seen["results"]["plots"] if "R@1 per cell" in p["title"]]
+    assert bars["teacherLines"] >= 2 and bars["shapesDrawn"] >= bars["teacherLines"]  # I2T and T2I

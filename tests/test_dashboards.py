@@ -47,38 +47,84 @@ def test_every_cell_loads_with_optuna_api(study_db):
     assert pruned_cells and not {"A1", "A4"} & set(pruned_cells)
 
 
-def test_pages_are_self_contained(dashboards):
+def test_pages_share_one_plotly_js(dashboards):
+    """plotly.js is written once per study folder and loaded from there by a relative path (offline)."""
     index = (dashboards / "index.html").read_text()
-    pages = sorted((dashboards / STUDY_NAME).glob("*.html"))
+    folder = dashboards / STUDY_NAME
+    pages = sorted(folder.glob("*.html"))
     assert {p.stem for p in pages} == {"results", "search", "curves", "cost"}
+    assert [p.name for p in folder.glob("*.js")] == ["plotly.min.js"]
+    assert (folder / "plotly.min.js").read_text(encoding="utf-8").lstrip("/* \n").startswith("plotly.js v")
     for p in pages:
         text = p.read_text()
         assert f"{STUDY_NAME}/{p.name}" in index
-        assert "plotly.js v" in text  # inlined once per page
-        assert "<script src=" not in text  # no external script (CDN or file)
+        assert text.count("<script src=") == 1 and '<script src="plotly.min.js"></script>' in text
+        assert "plotly.js v" not in text and "cdn" not in text.lower()
         assert int(text.split('data-tsl-plots="')[1].split('"')[0]) >= 1
+    # a page is about the size of its figures' data, not of plotly.js (4.8 MB)
+    assert max(p.stat().st_size for p in pages) < 1_000_000
 
 
 def test_data_functions_from_db(study_db):
     from tinysiglip.results import dashboard_data as dd
+    from tinysiglip.results import load_teachers
     from tinysiglip.results.report_data import study_report_data
     from tinysiglip.results.store import open_store
 
     store = open_store(study_db[0], create=False)
     data = study_report_data(store, STUDY_NAME)
-    bars = dd.ablation_bars(store, data)
+    bars = dd.ablation_bars(data)
     assert [r["cell"] for r in bars["rows"]][0] == "A5" and all(r["i2t_r1"]["n"] == 2 for r in bars["rows"])
-    curves = dd.learning_curves(store, data)
-    pruned = [t for c in curves["cells"] for t in c["trials"] if t["state"] == "pruned"]
-    assert pruned and all(t["epochs"][-1] < t["epochs_budget"] for t in pruned)
-    imp = dd.param_importances(store, data)
+    teacher = load_teachers(store, STUDY_NAME).set_index("cell").loc["A5"]
+    assert [t["value"] for t in bars["teachers"]["i2t_r1"]] == [teacher["i2t_r1"]]  # ablation: one teacher
+    assert [t["value"] for t in bars["teachers"]["t2i_r1"]] == [teacher["t2i_r1"]]
+
+    curves = dd.learning_curves(data)
+    runs = [r for c in curves["cells"] for r in c["runs"]]
+    pruned = [r for r in runs if r["state"] == "pruned"]
+    assert pruned and all(r["epochs"][-1] < r["epochs_budget"] for r in pruned)
+    assert {r["kind"] for r in runs} == {"trial", "final"}  # final runs are on the overlay too
+    assert len(runs) == len(store.runs(STUDY_NAME))  # every run reported evaluations
+    for r in runs:
+        evals = store.evaluations(r["run_id"])
+        assert r["epochs"] == [e.epoch for e in evals] and r["values"] == [e.objective for e in evals]
+    assert curves["max_epoch"] == 3 and all(isinstance(e, int) for r in runs for e in r["epochs"])
+    # the teacher's mean R@1 (objective metric mean_r1) for each teacher of the study: base and large
+    assert sorted(t["source"] for t in curves["teachers"]) == [
+        "google/siglip2-base-patch16-224",
+        "google/siglip2-large-patch16-256",
+    ]
+    assert all(t["value"] == (teacher["i2t_r1"] + teacher["t2i_r1"]) / 2 for t in curves["teachers"])
+
+    imp = dd.param_importances(data)
     assert imp["cells"]  # A1/A4 have complete trials only
     for c in imp["cells"]:
         assert sum(c["importances"].values()) == pytest.approx(1.0)
-    scaling = dd.scaling(store, data)
+    scaling = dd.scaling(data)
     assert {p["cell"] for s in scaling["series"] for p in s["points"]} == {"A5", "B1"}
-    cost = dd.cost_over_time(store, data)
+    cost = dd.cost_over_time(data)
     assert cost["points"][-1]["pruned"] == sum(1 for r in store.runs(STUDY_NAME) if r.status == "pruned")
+    assert (
+        cost["points"][-1]["epochs_saved"]
+        == store.cost_summary(STUDY_NAME)["__total__"]["epochs_saved_by_pruning"]
+    )
+
+
+def test_figures_have_teacher_lines_and_integer_epochs(study_db):
+    from tinysiglip.results import dashboard_data as dd
+    from tinysiglip.results.plots import PLOTS
+    from tinysiglip.results.report_data import study_report_data
+
+    data = study_report_data(study_db[0], STUDY_NAME)
+    ((_, curves),) = PLOTS["learning_curves"](dd.learning_curves(data))
+    assert curves.layout.xaxis.dtick == 1 and curves.layout.xaxis.tickformat == "d"
+    widths = {t.line.width for t in curves.data if t.mode == "lines+markers"}
+    assert widths == {1, 3.5}  # thin search trials, bold final runs
+    colors = {t.legendgroup: t.line.color for t in curves.data if t.mode == "lines+markers"}
+    assert len(set(colors.values())) == len(colors) == len(data.cells)  # one colour per cell
+    for fig in (curves, PLOTS["ablation_bars"](dd.ablation_bars(data))[0][1]):
+        names = [s.name for s in fig.layout.shapes if s.name and s.name.startswith("teacher ")]
+        assert names, fig.layout.title.text
 
 
 def test_declarations_validate(tmp_path):

@@ -8,7 +8,7 @@ import uuid
 import optuna
 import pytest
 
-from tinysiglip.results.store import TABLE_NAMES, open_store, optuna_storage, redact_url, run_key
+from tinysiglip.results import TABLE_NAMES, open_store, optuna_storage, redact_url, run_key
 
 PG_URL = os.environ.get("TINYSIGLIP_TEST_POSTGRES_URL")
 BACKENDS = [
@@ -115,6 +115,45 @@ class TestRoundTrip:
         (tm,) = store.teacher_metrics(name)
         assert tm.metrics == {"i2t_r1": 71.0}
         assert store.delete_study_runs(name) == 2
+
+    def test_frames_read_the_same_rows(self, store):
+        """load_runs / load_curves on every backend: typed columns, JSON spread, the store left open."""
+        from tinysiglip.results import load_curves, load_runs
+
+        name = f"st_{uuid.uuid4().hex[:8]}"
+        store.upsert_study(name, settings={})
+        r = store.start_run(
+            study_name=name,
+            cell="A5",
+            kind="trial",
+            optuna_study_name=f"{name}/A5",
+            optuna_trial_number=4,
+            params={"loss.feat": 0.7, "student.name": "vit_tiny"},
+            seed=0,
+            epochs_budget=3,
+            cpus=2,
+        )
+        store.record_evaluation(
+            r.id, epoch=1, step=10, metrics={"mean_r1": 1.5, "i2t_r1": 2.0}, objective=1.5
+        )
+        store.finish_run(r.id, "pruned", epochs_done=1, wall_time_s=36, device="cpu")
+        runs = load_runs(store, name)
+        assert len(runs) == 1 and store.get_run(r.id) is not None
+        row = runs.iloc[0]
+        assert (row["run_id"], row["cell"], row["trial"], row["state"]) == (r.id, "A5", 4, "pruned")
+        assert (row["params_loss.feat"], row["params_student.name"]) == (0.7, "vit_tiny")
+        assert row["val_i2t_r1"] == 2.0 and row["cpu_hours"] == pytest.approx(0.02)
+        assert row["started_at"].tzinfo is not None and row["node"] is None
+        curves = load_curves(store, name)
+        assert list(curves[["run_id", "epoch", "step", "objective", "val_mean_r1"]].iloc[0]) == [
+            r.id,
+            1,
+            10,
+            1.5,
+            1.5,
+        ]
+        assert store.cost_summary(name)["A5"]["epochs_saved_by_pruning"] == 2
+        store.delete_study_runs(name)
 
     def test_optuna_shares_the_database(self, store):
         name = f"st_{uuid.uuid4().hex[:8]}/A1"

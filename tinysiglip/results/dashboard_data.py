@@ -1,9 +1,10 @@
-"""Data for the dashboards: plain dicts and lists from the study database (no plotting here).
+"""Data for the dashboards: plain dicts and lists from a study's DataFrames (no plotting here).
 
-Each function takes ``(store, data)`` — the :class:`~tinysiglip.results.store.StudyStore` and the study's
-:class:`~tinysiglip.results.report_data.StudyData` — and returns JSON-able data; an empty result (no rows) means
-the plot does not apply to this study, and ``"note"`` says why. Parameter importances read each cell's
-Optuna study from the same database with Optuna's own API.
+Each function takes the study's :class:`~tinysiglip.results.report_data.StudyData` (built from
+:func:`~tinysiglip.results.frames.load_runs` / ``load_curves`` / ``load_teachers``) and returns
+JSON-able data; an empty result (no rows) means the plot does not apply to this study, and ``"note"``
+says why. Parameter importances read each cell's Optuna study from the same database with Optuna's own
+API. Every point carries the ``tsl_runs`` id it comes from.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tinysiglip.results.report_data import StudyData, search_param_names
-from tinysiglip.results.store import StudyStore, optuna_storage
+import pandas as pd
+
+from tinysiglip.results.frames import epochs_saved
+from tinysiglip.results.report_data import StudyData, TeacherRow, plain, search_param_names
+from tinysiglip.results.store import optuna_storage
 
 __all__ = [
     "DATA_FUNCTIONS",
@@ -27,6 +31,7 @@ __all__ = [
 
 
 def _f(x: Any) -> float | None:
+    x = plain(x)
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -34,8 +39,21 @@ def _f(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def ablation_bars(store: StudyStore, data: StudyData) -> dict:
-    """Test R@1 (mean, std, n) per cell: the ablation cells if the study has them, else every cell."""
+def _teacher_refs(teachers: list[TeacherRow], metric: str) -> list[dict]:
+    """Reference lines: one per teacher that has a value for ``metric``."""
+    refs = []
+    for t in teachers:
+        value = t.value(metric)
+        if value is not None:
+            refs.append(
+                {"source": t.source, "split": t.split, "value": value, "ids": list(t.teacher_metrics_ids)}
+            )
+    return refs
+
+
+def ablation_bars(data: StudyData) -> dict:
+    """Test R@1 (mean, std, n) per cell (the ablation cells if the study has them, else every cell),
+    and the teacher's test R@1 as reference lines."""
     cells = sorted(data.ablation, key=lambda c: (not c.is_full, c.name)) if data.has_ablation else data.cells
     rows = []
     for c in cells:
@@ -54,16 +72,22 @@ def ablation_bars(store: StudyStore, data: StudyData) -> dict:
                 },
             }
         )
-    note = "" if rows else "no complete final runs with test metrics yet"
-    return {"rows": rows, "note": note, "ablation": data.has_ablation}
+    shown = [c for c in cells if c.name in {r["cell"] for r in rows}]
+    teachers = data.teachers_of(shown)
+    return {
+        "rows": rows,
+        "note": "" if rows else "no complete final runs with test metrics yet",
+        "ablation": data.has_ablation,
+        "teachers": {m: _teacher_refs(teachers, m) for m in ("i2t_r1", "t2i_r1")},
+    }
 
 
-def parallel_coordinates(store: StudyStore, data: StudyData) -> dict:
+def parallel_coordinates(data: StudyData) -> dict:
     """Per cell: every complete or pruned trial's searched params and its (last) objective."""
     cells = []
     for c in data.cells:
         names = search_param_names(c)
-        trials = [r for r in c.trials if r.status in ("complete", "pruned") and _f(r.objective) is not None]
+        trials = c.trials[c.trials["state"].isin(["complete", "pruned"]) & c.trials["objective"].notna()]
         if not names or len(trials) < 2:
             continue
         cells.append(
@@ -72,56 +96,69 @@ def parallel_coordinates(store: StudyStore, data: StudyData) -> dict:
                 "params": names,
                 "trials": [
                     {
-                        "run_id": r.id,
-                        "number": r.optuna_trial_number,
-                        "state": r.status,
-                        "objective": _f(r.objective),
-                        "values": {n: _f((r.params or {}).get(n)) for n in names},
+                        "run_id": int(r["run_id"]),
+                        "number": plain(r["trial"]),
+                        "state": r["state"],
+                        "objective": _f(r["objective"]),
+                        "values": {n: _f(r[f"params_{n}"]) for n in names},
                     }
-                    for r in trials
+                    for _, r in trials.iterrows()
                 ],
             }
         )
     return {"cells": cells, "metric": data.metric, "note": "" if cells else "fewer than 2 trials per cell"}
 
 
-def learning_curves(store: StudyStore, data: StudyData) -> dict:
-    """Per cell: each trial's evaluations (epoch, objective) and its status; pruned ones stop early."""
-    evals = store.evaluations_for_study(data.name, kind="trial")
+def learning_curves(data: StudyData) -> dict:
+    """Every run's validation curve (epoch, objective) in one overlay per study: cells, their search
+    trials (pruned ones stop early) and their final runs; the teacher's value as reference lines."""
+    curves = data.curves[data.curves["objective"].notna()]
+    runs = data.runs.set_index("run_id")
     cells = []
     for c in data.cells:
-        trials = []
-        for r in c.trials:
-            pts = [(e.epoch, _f(e.objective)) for e in evals.get(r.id, []) if _f(e.objective) is not None]
-            if not pts:
-                continue
-            trials.append(
+        series = []
+        for run_id, points in curves[curves["cell"] == c.name].groupby("run_id", sort=True):
+            run = runs.loc[run_id]
+            series.append(
                 {
-                    "run_id": r.id,
-                    "number": r.optuna_trial_number,
-                    "state": r.status,
-                    "epochs": [p[0] for p in pts],
-                    "values": [p[1] for p in pts],
-                    "epochs_budget": r.epochs_budget,
+                    "run_id": int(run_id),
+                    "kind": run["kind"],
+                    "number": plain(run["trial"]),
+                    "seed": plain(run["seed"]),
+                    "state": run["state"],
+                    "epochs": [int(e) for e in points["epoch"]],
+                    "values": [float(v) for v in points["objective"]],
+                    "epochs_budget": plain(run["epochs_budget"]),
                 }
             )
-        if trials:
-            cells.append({"cell": c.name, "trials": trials})
-    return {"cells": cells, "metric": data.metric, "note": "" if cells else "no evaluations recorded"}
+        if series:
+            cells.append({"cell": c.name, "label": f"{c.name}: {c.strategy}", "runs": series})
+    # the teacher on the curves' own split when the sweep recorded it, else on the test split
+    with_curves = [c for c in data.cells if c.name in {x["cell"] for x in cells}]
+    teachers = data.teachers_of(with_curves, split="val") or data.teachers_of(with_curves)
+    max_epoch = int(curves["epoch"].max()) if len(curves) else 0
+    return {
+        "cells": cells,
+        "metric": data.metric,
+        "max_epoch": max_epoch,
+        "teachers": _teacher_refs(teachers, data.metric),
+        "note": "" if cells else "no evaluations recorded",
+    }
 
 
-def optimization_history(store: StudyStore, data: StudyData) -> dict:
+def optimization_history(data: StudyData) -> dict:
     """Per cell: trial number, objective, state, and the best-so-far over complete trials."""
     sign = 1.0 if data.direction == "maximize" else -1.0
     cells = []
     for c in data.cells:
         points, best, best_curve = [], None, []
-        for r in sorted(c.trials, key=lambda r: (r.optuna_trial_number or 0, r.id)):
-            v = _f(r.objective)
+        for _, r in c.trials.sort_values(["trial", "run_id"], na_position="first").iterrows():
+            v = _f(r["objective"])
             if v is None:
                 continue
-            points.append({"number": r.optuna_trial_number, "value": v, "state": r.status, "run_id": r.id})
-            if r.status == "complete" and (best is None or sign * v > sign * best):
+            number = plain(r["trial"])
+            points.append({"number": number, "value": v, "state": r["state"], "run_id": int(r["run_id"])})
+            if r["state"] == "complete" and (best is None or sign * v > sign * best):
                 best = v
             best_curve.append(best)
         if points:
@@ -129,11 +166,11 @@ def optimization_history(store: StudyStore, data: StudyData) -> dict:
     return {"cells": cells, "metric": data.metric, "direction": data.direction, "note": ""}
 
 
-def param_importances(store: StudyStore, data: StudyData) -> dict:
+def param_importances(data: StudyData) -> dict:
     """Per cell: optuna.importance on the cell's Optuna study (loaded from the same database)."""
     import optuna
 
-    storage = optuna_storage(store.url)
+    storage = optuna_storage(data.storage_url)
     cells, notes = [], []
     for c in data.cells:
         name = f"{data.name}/{c.name}"
@@ -169,7 +206,7 @@ def param_importances(store: StudyStore, data: StudyData) -> dict:
     return {"cells": cells, "note": "; ".join(notes)}
 
 
-def scaling(store: StudyStore, data: StudyData) -> dict:
+def scaling(data: StudyData) -> dict:
     """Teacher × student: one series per student, x = teacher (with its params and R@1)."""
     if not data.scaling:
         return {"series": [], "note": "no full-method cells with more than one teacher in this study"}
@@ -184,13 +221,7 @@ def scaling(store: StudyStore, data: StudyData) -> dict:
                 "cell": c.name,
                 "teacher": str(c.teacher_source),
                 "teacher_params": t.params_total if t else None,
-                "teacher_mean_r1": (
-                    (_f(t.metrics.get("i2t_r1")) + _f(t.metrics.get("t2i_r1"))) / 2
-                    if t
-                    and _f(t.metrics.get("i2t_r1")) is not None
-                    and _f(t.metrics.get("t2i_r1")) is not None
-                    else None
-                ),
+                "teacher_mean_r1": t.value("mean_r1") if t else None,
                 "mean": s.mean,
                 "std": s.std,
                 "n": s.n,
@@ -200,30 +231,25 @@ def scaling(store: StudyStore, data: StudyData) -> dict:
     return {"series": [{"student": k, "points": v} for k, v in series.items()], "note": ""}
 
 
-def cost_over_time(store: StudyStore, data: StudyData) -> dict:
+def cost_over_time(data: StudyData) -> dict:
     """Runs in finishing order: cumulative compute hours, pruned trials and trial-epochs saved."""
-    runs = [r for c in data.cells for r in (*c.trials, *c.finals) if r.finished_at is not None]
-    runs.sort(key=lambda r: (r.finished_at, r.id))
     key = "gpu_hours" if data.use_gpu_hours else "cpu_hours"
-    hours = pruned = saved = 0.0
-    points = []
-    for r in runs:
-        hours += float(getattr(r, key) or 0.0)
-        if r.kind == "trial" and r.status == "pruned":
-            pruned += 1
-            saved += r.epochs_saved
-        points.append(
-            {
-                "time": r.finished_at.isoformat(),
-                "run_id": r.id,
-                "cell": r.cell,
-                "kind": r.kind,
-                "status": r.status,
-                "hours": hours,
-                "pruned": int(pruned),
-                "epochs_saved": int(saved),
-            }
-        )
+    runs = data.runs[data.runs["finished_at"].notna()]
+    runs = runs.assign(epochs_saved=epochs_saved(runs)).sort_values(["finished_at", "run_id"])
+    pruned = (runs["kind"] == "trial") & (runs["state"] == "pruned")
+    frame = pd.DataFrame(
+        {
+            "time": runs["finished_at"].map(lambda t: t.isoformat()),
+            "run_id": runs["run_id"].astype(int),
+            "cell": runs["cell"],
+            "kind": runs["kind"],
+            "status": runs["state"],
+            "hours": runs[key].fillna(0.0).cumsum(),
+            "pruned": pruned.astype(int).cumsum(),
+            "epochs_saved": runs["epochs_saved"].where(pruned, 0).cumsum(),
+        }
+    )
+    points = [{k: plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
     return {
         "points": points,
         "hours_label": "GPU-hours" if data.use_gpu_hours else "CPU-hours",

@@ -1,568 +1,41 @@
-"""Report tables and best-config export, read from the study database only.
+"""Report: tables and best-config export for each study, from the study database only.
 
     python -m tinysiglip.report --storage URL [--study NAME|all] [--out DIR]
     python -m tinysiglip.report --study-file studies/ablation_A.yaml [--local] [--out DIR]
 
 For each study it writes Markdown (``report.md`` with every table, plus one ``.md`` per table), CSV and
-LaTeX (booktabs) tables into the output folder (default ``<run_dir>/report`` for a SQLite database
-under a run folder, else ``reports/<study>``), and one training config per cell under
-``best_configs/<cell>.yaml`` that ``tinysiglip train --config FILE --run-dir DIR`` accepts.
-
-Tables (which cells play which role is decided from their configs: see :mod:`tinysiglip.results.report_data`):
-
-* ``table1_main``: teacher (its cached test embeddings), student without KD, best distilled student;
-* ``table2_ablation``: each ablation cell's I2T / T2I R@1 and the delta vs the full method;
-* ``table_scaling`` (teacher × student), ``table_architecture`` (students under one teacher);
-* ``table_cells`` (every cell; the fallback when the tables above do not apply), ``table_best_params``
-  (the best trial's λ per cell) and ``table_cost`` (trials, pruning, epochs saved, GPU/CPU-hours).
-
-Every figure is a mean over the final runs' seeds with its spread, "62.4 ± 0.8 (n=3)"; the CSV has
-``_mean``, ``_std`` and ``_n`` columns. A cell with fewer complete final runs than the study's seeds, or
-with failed final runs, is marked † with a footnote. Each table lists the ``tsl_runs.id`` it used.
+LaTeX (booktabs) tables (:mod:`.tables`) into the output folder (default ``<run_dir>/report`` for a
+SQLite database under a run folder, else ``reports/<study>``), and one training config per cell under
+``best_configs/<cell>.yaml`` that ``tinysiglip train --config FILE --run-dir DIR`` accepts. The CSV files
+are the tables as computed from :func:`~tinysiglip.results.frames.load_runs` rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tinysiglip.errors import TinySigLIPError
-from tinysiglip.results.report_data import (
-    METRIC_KEYS,
-    CellData,
-    Stat,
-    StudyData,
-    search_param_names,
-    study_report_data,
-)
-from tinysiglip.results.store import StudyStore, open_store, redact_url
+from tinysiglip.results.report_data import CellData, StudyData, study_report_data
+from tinysiglip.results.sources import add_source_arguments, default_out_dir, open_studies
+from tinysiglip.results.store import StudyStore, redact_url
+from tinysiglip.results.tables import build_tables
 
-__all__ = ["Table", "build_tables", "export_best_configs", "main", "write_report"]
-
-DAGGER = "†"
-METRIC_HEADERS = {
-    "i2t_r1": "I2T R@1",
-    "i2t_r5": "I2T R@5",
-    "i2t_r10": "I2T R@10",
-    "t2i_r1": "T2I R@1",
-    "t2i_r5": "T2I R@5",
-    "t2i_r10": "T2I R@10",
-}
-
-
-# ------------------------------------------------------------------------------------------- tables
-
-
-@dataclass
-class Table:
-    key: str  # file stem
-    title: str
-    columns: list[tuple[str, str]]  # (key, header) shown in Markdown / LaTeX / CSV
-    rows: list[dict[str, Any]]  # values: Stat, str, int, float, None
-    notes: list[str] = field(default_factory=list)
-    run_ids: list[int] = field(default_factory=list)
-    csv_extra: list[str] = field(default_factory=list)  # keys only in the CSV
-
-    # ---------------------------------------------------------------- rendering
-    @staticmethod
-    def _text(v: Any) -> str:
-        if isinstance(v, Stat):
-            return v.fmt()
-        if v is None:
-            return "—"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    def ids_line(self) -> str:
-        ids = sorted(set(self.run_ids))
-        return "Computed from tsl_runs.id: " + (", ".join(map(str, ids)) if ids else "none")
-
-    def markdown(self) -> str:
-        heads = [h for _, h in self.columns]
-        lines = [f"### {self.title}", "", "| " + " | ".join(heads) + " |"]
-        lines.append("| " + " | ".join([":---"] + ["---:"] * (len(heads) - 1)) + " |")
-        for row in self.rows:
-            cells = [self._text(row.get(k)).replace("|", "\\|") for k, _ in self.columns]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.extend(f"{n}  " for n in self.notes)
-        lines.append(self.ids_line())
-        return "\n".join(lines) + "\n"
-
-    def csv_rows(self) -> tuple[list[str], list[list[Any]]]:
-        keys = [k for k, _ in self.columns] + [k for k in self.csv_extra if k not in dict(self.columns)]
-        header: list[str] = []
-        for k in keys:
-            if any(isinstance(r.get(k), Stat) for r in self.rows):
-                header += [f"{k}_mean", f"{k}_std", f"{k}_n"]
-            else:
-                header.append(k)
-        out = []
-        for r in self.rows:
-            line: list[Any] = []
-            for k in keys:
-                v = r.get(k)
-                if any(isinstance(x.get(k), Stat) for x in self.rows):
-                    line += [v.mean, v.std, v.n] if isinstance(v, Stat) else [None, None, None]
-                elif isinstance(v, (list, tuple)):
-                    line.append(" ".join(map(str, v)))
-                else:
-                    line.append(v)
-            out.append(line)
-        return header, out
-
-    def write_csv(self, path: Path) -> None:
-        header, rows = self.csv_rows()
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for r in rows:
-                w.writerow(["" if v is None else v for v in r])
-
-    def latex(self) -> str:
-        def esc(s: str) -> str:
-            s = s.replace("\\", "\x00")
-            for a, b in (
-                ("&", r"\&"),
-                ("%", r"\%"),
-                ("_", r"\_"),
-                ("#", r"\#"),
-                ("$", r"\$"),
-                ("{", r"\{"),
-                ("}", r"\}"),
-            ):
-                s = s.replace(a, b)
-            for a, b in _LATEX_SYMBOLS:
-                s = s.replace(a, b)
-            return s.replace("\x00", r"\textbackslash{}")
-
-        spec = "l" + "r" * (len(self.columns) - 1)
-        lines = [
-            f"% {self.title}",
-            r"\begin{table}[t]",
-            r"\centering",
-            rf"\caption{{{esc(self.title)}}}",
-            rf"\label{{tab:{self.key}}}",
-            rf"\begin{{tabular}}{{{spec}}}",
-            r"\toprule",
-            " & ".join(esc(h) for _, h in self.columns) + r" \\",
-            r"\midrule",
-        ]
-        for row in self.rows:
-            lines.append(" & ".join(esc(self._text(row.get(k))) for k, _ in self.columns) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        for n in [*self.notes, self.ids_line()]:
-            lines.append(rf"\par\smallskip{{\footnotesize {esc(n)}}}")
-        lines.append(r"\end{table}")
-        return "\n".join(lines) + "\n"
-
-
-_LATEX_SYMBOLS = (
-    ("±", r"$\pm$"),
-    (DAGGER, r"$^\dagger$"),
-    ("—", "--"),
-    ("−", "-"),
-    ("Δ", r"$\Delta$"),
-    ("×", r"$\times$"),
-    ("²", r"$^2$"),
-    ("λ", r"$\lambda$"),
-    ("Σ", r"$\Sigma$"),
-)
-
-
-def _flag_name(c: CellData) -> str:
-    return f"{c.name}{DAGGER}" if c.flagged else c.name
-
-
-def _flag_notes(cells: list[CellData]) -> list[str]:
-    return [f"{DAGGER} {c.name}: " + "; ".join(c.flags) + "." for c in cells if c.flagged]
-
-
-def _params_m(stat: Stat) -> str | None:
-    if stat.mean is None:
-        return None
-    v = stat.mean
-    if v >= 1e6:
-        return f"{v / 1e6:.1f}M"
-    if v >= 1e3:
-        return f"{v / 1e3:.1f}k"
-    return f"{v:.0f}"
-
-
-def _spread_note(data: StudyData) -> str:
-    seeds = ", ".join(map(str, data.final_seeds)) or "—"
-    return (
-        f"Test-split Recall@K in %: mean ± sample std over the final runs' seeds ({seeds}); "
-        "n = complete final runs."
-    )
-
-
-def _ids(cells: list[CellData]) -> list[int]:
-    return [i for c in cells for i in c.final_ids]
-
-
-def table1(data: StudyData) -> Table | None:
-    if data.no_kd is None or data.best_distilled is None:
-        return None
-    cols = [("model", "Model"), ("cell", "Cell")]
-    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [("params", "Params")]
-    rows = []
-    notes = []
-    teacher = data.teacher_for(data.best_distilled)
-    if teacher is not None:
-        rows.append(
-            {
-                "model": f"Teacher ({teacher.source})",
-                "cell": "—",
-                **{m: _teacher_value(teacher.metrics.get(m)) for m in METRIC_KEYS},
-                "params": _params_m(Stat((teacher.params_total,))) if teacher.params_total else None,
-                "params_total": teacher.params_total,
-                "runs": "tsl_teacher_metrics.id " + " ".join(map(str, teacher.teacher_metrics_ids)),
-            }
-        )
-        notes.append(
-            "Teacher: retrieval on its own cached test embeddings (tsl_teacher_metrics.id "
-            + ", ".join(map(str, teacher.teacher_metrics_ids))
-            + "); one deterministic value, no seeds."
-        )
-    for label, c in (
-        ("Student, no KD", data.no_kd),
-        ("Student, distilled (best)", data.best_distilled),
-    ):
-        rows.append(
-            {
-                "model": f"{label}: {c.strategy}",
-                "cell": _flag_name(c),
-                **{m: c.metrics[m] for m in METRIC_KEYS},
-                "params": _params_m(c.params["total"]),
-                "params_total": c.params["total"].mean,
-                "params_image": c.params["image_tower"].mean,
-                "params_text": c.params["text_tower"].mean,
-                "params_heads": c.params["heads"].mean,
-                "runs": [r.id for r in c.complete_finals],
-            }
-        )
-    split = [
-        f"{c.name}: image {_params_m(c.params['image_tower'])}, text {_params_m(c.params['text_tower'])}, "
-        f"heads {_params_m(c.params['heads'])}"
-        for c in (data.no_kd, data.best_distilled)
-    ]
-    notes.append("Params split (image / text tower): " + "; ".join(split) + ".")
-    notes.append(
-        f"Best distilled = distilled cell with the best mean val {data.metric} over its final runs "
-        f"({data.best_distilled.name}: {data.best_distilled.objective.fmt(2)}). "
-        f"No KD = cell whose config has loss.feat = loss.affinity = 0 ({data.no_kd.name})."
-    )
-    notes.append(_spread_note(data))
-    notes += _flag_notes([data.no_kd, data.best_distilled])
-    return Table(
-        "table1_main",
-        "Table 1: Main results - distillation vs teacher and no-KD student",
-        cols,
-        rows,
-        notes,
-        _ids([data.no_kd, data.best_distilled]),
-        csv_extra=["params_total", "params_image", "params_text", "params_heads", "runs"],
-    )
-
-
-def _teacher_value(v: Any) -> str | None:
-    return None if v is None else f"{float(v):.1f}"
-
-
-def _delta(a: Stat, b: Stat) -> Stat | None:
-    """a - b with the standard error of the difference as its spread (n = min(n_a, n_b))."""
-    if a.mean is None or b.mean is None:
-        return None
-    return _DeltaStat(a.mean - b.mean, ((a.std**2) / a.n + (b.std**2) / b.n) ** 0.5, min(a.n, b.n))
-
-
-class _DeltaStat(Stat):
-    def __init__(self, value: float, se: float, n: int):
-        object.__setattr__(self, "values", (value,))
-        object.__setattr__(self, "run_ids", ())
-        object.__setattr__(self, "_se", se)
-        object.__setattr__(self, "_n", n)
-
-    @property
-    def mean(self) -> float:
-        return self.values[0]
-
-    @property
-    def std(self) -> float:
-        return self._se
-
-    @property
-    def n(self) -> int:
-        return self._n
-
-    def fmt(self, digits: int = 1, *, with_n: bool = False) -> str:
-        return f"{self.mean:+.{digits}f} ± {self.std:.{digits}f}"
-
-
-def table2(data: StudyData) -> Table | None:
-    if not data.has_ablation:
-        return None
-    full = data.full
-    cols = [
-        ("strategy", "Strategy"),
-        ("cell", "Cell"),
-        ("losses", "Losses on"),
-        ("i2t_r1", "I2T R@1"),
-        ("t2i_r1", "T2I R@1"),
-        ("delta", "Δ mean R@1 vs full"),
-    ]
-    rows = []
-    cells = sorted(data.ablation, key=lambda c: (not c.is_full, c.name))
-    for c in cells:
-        rows.append(
-            {
-                "strategy": c.strategy + (f" — {c.description}" if c.description else ""),
-                "cell": _flag_name(c),
-                "losses": "+".join(c.losses_on) or "none",
-                "i2t_r1": c.metrics["i2t_r1"],
-                "t2i_r1": c.metrics["t2i_r1"],
-                "delta": "-" if c is full else _delta(c.metrics["mean_r1"], full.metrics["mean_r1"]),
-                "delta_i2t_r1": None if c is full else _delta(c.metrics["i2t_r1"], full.metrics["i2t_r1"]),
-                "delta_t2i_r1": None if c is full else _delta(c.metrics["t2i_r1"], full.metrics["t2i_r1"]),
-                "runs": [r.id for r in c.complete_finals],
-            }
-        )
-    notes = [
-        f"Full method = {full.name}, the cell whose config has loss.feat, loss.affinity and loss.contrast "
-        f"all > 0 (teacher {full.teacher_source}, student {full.student}); the ablation cells share its "
-        "teacher and student and differ in which losses are on.",
-        "Δ = (mean of (I2T R@1 + T2I R@1)/2) minus the full method's; ± is the standard error of the "
-        "difference, sqrt(s_a²/n_a + s_b²/n_b). The CSV also has the per-direction deltas.",
-        _spread_note(data),
-        *_flag_notes(cells),
-    ]
-    return Table(
-        "table2_ablation",
-        "Table 2: Ablation - loss components",
-        cols,
-        rows,
-        notes,
-        _ids(cells),
-        csv_extra=["delta_i2t_r1", "delta_t2i_r1", "runs"],
-    )
-
-
-def _cell_row(data: StudyData, c: CellData) -> dict[str, Any]:
-    t = data.teacher_for(c)
-    return {
-        "cell": _flag_name(c),
-        "description": c.description or c.strategy,
-        "teacher": c.teacher_source,
-        "student": c.student,
-        "losses": "+".join(c.losses_on) or "none",
-        "objective": c.objective,
-        **{m: c.metrics[m] for m in METRIC_KEYS},
-        "params": _params_m(c.params["total"]),
-        "params_total": c.params["total"].mean,
-        "params_image": c.params["image_tower"].mean,
-        "params_text": c.params["text_tower"].mean,
-        "teacher_params": t.params_total if t else None,
-        "teacher_i2t_r1": _teacher_value(t.metrics.get("i2t_r1")) if t else None,
-        "teacher_t2i_r1": _teacher_value(t.metrics.get("t2i_r1")) if t else None,
-        "runs": [r.id for r in c.complete_finals],
-    }
-
-
-_EXTRA = ["params_total", "params_image", "params_text", "runs"]
-
-
-def table_scaling(data: StudyData) -> Table | None:
-    if not data.scaling:
-        return None
-    cols = [
-        ("teacher", "Teacher"),
-        ("teacher_i2t_r1", "Teacher I2T R@1"),
-        ("student", "Student"),
-        ("cell", "Cell"),
-        ("i2t_r1", "I2T R@1"),
-        ("t2i_r1", "T2I R@1"),
-        ("params", "Student params"),
-    ]
-    rows = [_cell_row(data, c) for c in data.scaling]
-    notes = [
-        "Scaling: full-method cells (all three losses on), teacher × student.",
-        _spread_note(data),
-        *_flag_notes(data.scaling),
-    ]
-    return Table(
-        "table_scaling",
-        "Scaling: teacher × student (full method)",
-        cols,
-        rows,
-        notes,
-        _ids(data.scaling),
-        csv_extra=["teacher_params", "teacher_t2i_r1", *_EXTRA],
-    )
-
-
-def table_architecture(data: StudyData) -> Table | None:
-    if not data.architecture:
-        return None
-    cols = [("student", "Student"), ("cell", "Cell")]
-    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [("params", "Params")]
-    rows = [_cell_row(data, c) for c in data.architecture]
-    notes = [
-        f"Architectures: full-method cells of teacher {data.architecture[0].teacher_source}.",
-        _spread_note(data),
-        *_flag_notes(data.architecture),
-    ]
-    return Table(
-        "table_architecture",
-        "Architectures: students under one teacher (full method)",
-        cols,
-        rows,
-        notes,
-        _ids(data.architecture),
-        csv_extra=_EXTRA,
-    )
-
-
-def table_cells(data: StudyData) -> Table:
-    cols = [
-        ("cell", "Cell"),
-        ("description", "Description"),
-        ("student", "Student"),
-        ("losses", "Losses on"),
-        ("objective", f"val {data.metric}"),
-        ("i2t_r1", "I2T R@1"),
-        ("t2i_r1", "T2I R@1"),
-        ("params", "Params"),
-    ]
-    rows = [_cell_row(data, c) for c in data.cells]
-    notes = [
-        f"val {data.metric}: the final runs' last validation objective ({data.direction}).",
-        _spread_note(data),
-        *_flag_notes(data.cells),
-    ]
-    return Table(
-        "table_cells",
-        f"Per-cell results: {data.name}",
-        cols,
-        rows,
-        notes,
-        _ids(data.cells),
-        csv_extra=["teacher", "i2t_r5", "i2t_r10", "t2i_r5", "t2i_r10", *_EXTRA],
-    )
-
-
-def table_best_params(data: StudyData) -> Table:
-    names: list[str] = []
-    for c in data.cells:
-        for n in search_param_names(c):
-            if n not in names:
-                names.append(n)
-    cols = [
-        ("cell", "Cell"),
-        ("trial", "Best trial"),
-        ("run_id", "Run id"),
-        ("objective", f"val {data.metric}"),
-    ]
-    cols += [(n, n) for n in names]
-    rows, ids = [], []
-    for c in data.cells:
-        b = c.best_trial
-        row: dict[str, Any] = {"cell": c.name}
-        if b is not None:
-            ids.append(b.id)
-            row.update(trial=b.optuna_trial_number, run_id=b.id, objective=b.objective)
-            for n in names:
-                v = (b.params or {}).get(n)
-                row[n] = f"{v:.4g}" if isinstance(v, float) else v
-        rows.append(row)
-    notes = [
-        "The best complete search trial per cell (the λ the final runs re-ran); — = not searched in that "
-        "cell (a loss that is off has no λ).",
-    ]
-    return Table("table_best_params", "Best λ per cell (search trials)", cols, rows, notes, ids)
-
-
-def table_cost(data: StudyData) -> Table:
-    hours = "gpu_hours" if data.use_gpu_hours else "cpu_hours"
-    cols = [
-        ("cell", "Cell"),
-        ("trials", "Trials run"),
-        ("trials_complete", "Complete"),
-        ("trials_pruned", "Pruned"),
-        ("trials_failed", "Failed"),
-        ("epochs_saved_by_pruning", "Trial-epochs saved"),
-        ("final", "Final runs (complete/failed)"),
-        ("wall_h", "Wall h"),
-        (hours, "GPU-h" if data.use_gpu_hours else "CPU-h (no GPU used)"),
-    ]
-    rows, ids = [], []
-    for c in data.cells:
-        cost = c.cost or {}
-        rows.append({"cell": c.name, **_cost_row(cost)})
-        ids += [r.id for r in c.trials] + [r.id for r in c.finals]
-    rows.append({"cell": "Total (study)", **_cost_row(data.cost_total or {})})
-    notes = [
-        "Trial-epochs saved = Σ over pruned trials of (epoch budget − epochs done). "
-        + (
-            "GPU-h = wall time × GPU fraction."
-            if data.use_gpu_hours
-            else "CPU-h = wall time × CPUs per trial."
-        )
-    ]
-    return Table(
-        "table_cost",
-        "Cost: trials, pruning and compute",
-        cols,
-        rows,
-        notes,
-        ids,
-        csv_extra=[
-            "trials_running",
-            "final_runs",
-            "final_complete",
-            "final_failed",
-            "wall_time_s",
-            "gpu_hours",
-            "cpu_hours",
-        ],
-    )
-
-
-def _cost_row(cost: dict) -> dict[str, Any]:
-    out = dict(cost)
-    out["final"] = f"{cost.get('final_complete', 0)}/{cost.get('final_failed', 0)}"
-    out["wall_h"] = round(float(cost.get("wall_time_s") or 0.0) / 3600.0, 4)
-    for k in ("gpu_hours", "cpu_hours"):
-        out[k] = round(float(cost.get(k) or 0.0), 4)
-    for k in ("trials", "trials_complete", "trials_pruned", "trials_failed", "epochs_saved_by_pruning"):
-        out.setdefault(k, 0)
-    return out
-
-
-def build_tables(data: StudyData) -> list[Table]:
-    """The tables that apply to this study, in report order (per-cell + cost always)."""
-    tables = [t for t in (table1(data), table2(data), table_scaling(data), table_architecture(data)) if t]
-    tables += [table_cells(data), table_best_params(data), table_cost(data)]
-    return tables
-
+__all__ = ["best_config", "build_parser", "export_best_configs", "main", "write_report"]
 
 # -------------------------------------------------------------------------------------- best configs
 
 
-def best_config_source(data: StudyData, cell: CellData) -> tuple[Any, int | None, str] | None:
-    """(run, seed, kind): the best complete final run, else the best trial with the first final seed."""
+def best_config_source(data: StudyData, cell: CellData) -> tuple[dict[str, Any], int | None, str] | None:
+    """(run row, seed, kind): the best complete final run, else the best trial with the first final seed."""
     if cell.best_final is not None:
-        return cell.best_final, cell.best_final.seed, "final run"
+        return cell.best_final, cell.best_final["seed"], "final run"
     if cell.best_trial is not None:
-        seed = data.final_seeds[0] if data.final_seeds else cell.best_trial.seed
+        seed = data.final_seeds[0] if data.final_seeds else cell.best_trial["seed"]
         return cell.best_trial, seed, "search trial"
     return None
 
@@ -573,11 +46,11 @@ def best_config(data: StudyData, cell: CellData) -> tuple[dict, str] | None:
     if src is None:
         return None
     run, seed, kind = src
-    config = json.loads(json.dumps(run.config or {}))
+    config = json.loads(json.dumps(run["config"] or {}))
     train = config.setdefault("train", {})
     if seed is not None:
         train["seed"] = int(seed)
-    fps = run.cache_fingerprints or {}
+    fps = run["cache_fingerprints"] or {}
     expect = {k: v for k, v in (fps.get("train") or {}).items() if k not in ("path", "error")}
     data_cfg = config.setdefault("data", {})
     if expect:
@@ -587,11 +60,11 @@ def best_config(data: StudyData, cell: CellData) -> tuple[dict, str] | None:
             data_cfg[f"{split}_cache"] = fps[split]["path"]
     lines = [
         f"Best config of study {data.name!r}, cell {cell.name!r} ({cell.description or cell.strategy})",
-        f"from tsl_runs.id {run.id} ({run.run_key}): {kind}, status {run.status}, "
-        f"val {run.objective_metric or data.metric} = {run.objective}",
+        f"from tsl_runs.id {run['run_id']} ({run['run_key']}): {kind}, status {run['state']}, "
+        f"val {run['objective_metric'] or data.metric} = {run['objective']}",
     ]
-    if kind == "final run" and run.source_trial_number is not None:
-        lines.append(f"final run of search trial #{run.source_trial_number}; seed {seed}")
+    if kind == "final run" and run["source_trial"] is not None:
+        lines.append(f"final run of search trial #{run['source_trial']}; seed {seed}")
     elif kind == "search trial":
         lines.append(f"no complete final run: the best trial's config with the study's first seed ({seed})")
     lines += [
@@ -623,16 +96,18 @@ def export_best_configs(data: StudyData, out_dir: Path, *, validate: bool = True
 # --------------------------------------------------------------------------------------------- write
 
 
-def write_report(store: StudyStore, study_name: str, out_dir: Path, *, validate: bool = True) -> dict:
+def write_report(
+    storage: StudyStore | str | Path, study_name: str, out_dir: Path, *, validate: bool = True
+) -> dict:
     """Write every table and the best configs of one study; returns {"tables", "paths", "data"}."""
-    data = study_report_data(store, study_name)
+    data = study_report_data(storage, study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(data)
     paths: list[Path] = []
     parts = [
         f"# Report: {study_name}",
         "",
-        f"Database: {redact_url(store.url)}  ",
+        f"Database: {redact_url(data.storage_url)}  ",
         f"Objective: {data.metric} ({data.direction}); final seeds: {data.final_seeds}; "
         f"local world: {data.local}",
         "",
@@ -653,29 +128,6 @@ def write_report(store: StudyStore, study_name: str, out_dir: Path, *, validate:
     return {"tables": tables, "paths": paths, "data": data}
 
 
-def default_out_dir(url: str, study_name: str, *, multi: bool) -> Path:
-    from sqlalchemy.engine import make_url
-
-    try:
-        u = make_url(url)
-        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-            base = Path(u.database).resolve().parent / "report"
-            return base / study_name if multi else base
-    except Exception:  # noqa: BLE001
-        pass
-    return Path("reports") / study_name
-
-
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    """Where the study database is: a URL, or a study file (its storage, as `--local` would use it)."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--storage", metavar="URL", help="study database (SQLAlchemy URL or SQLite path)")
-    src.add_argument("--study-file", metavar="STUDY.yaml", help="take the storage URL and study name from it")
-    p.add_argument("--local", action="store_true", help="with --study-file: the --local world's database")
-    p.add_argument("--run-dir", metavar="DIR", help="with --study-file: the run folder it was run with")
-    p.add_argument("--study", default=None, metavar="NAME|all", help="study name, or all (default: all)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tinysiglip report",
@@ -687,57 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_source(args) -> tuple[str, list[str] | None]:
-    """(storage URL, study names or None for all)."""
-    if args.study_file:
-        from tinysiglip.sweep.study import load_study
-
-        study = load_study(args.study_file, local=args.local, run_dir=args.run_dir)
-        names = None if args.study == "all" else [args.study or study.name]
-        return study.storage_url, names
-    names = None if args.study in (None, "all") else [args.study]
-    return args.storage, names
-
-
-def open_existing(url: str) -> StudyStore:
-    """Open the database for reading; a SQLite file that does not exist is an error, not a new file."""
-    from sqlalchemy.engine import make_url
-
-    text = str(url)
-    if "://" in text:
-        u = make_url(text)
-        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-            if not Path(u.database).exists():
-                raise FileNotFoundError(f"no study database at {u.database} (has the sweep run?)")
-    elif not Path(text).exists():
-        raise FileNotFoundError(f"no study database at {text} (has the sweep run?)")
-    return open_store(text, create=False)
-
-
-def open_studies(args) -> tuple[str, StudyStore, list[str]] | None:
-    """(url, store, study names) from the source options; None after printing a clear error."""
-    try:
-        url, names = resolve_source(args)
-        store = open_existing(url)
-        known = [s.name for s in store.studies()]
-    except TinySigLIPError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
-    except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback
-        print(f"error: cannot read the study database: {exc}", file=sys.stderr)
-        return None
-    names = names or known
-    missing = [n for n in names if n not in known]
-    if missing or not names:
-        print(
-            f"error: no study {', '.join(missing) or '(none recorded)'} in {redact_url(url)}; "
-            f"studies there: {', '.join(known) or 'none'}",
-            file=sys.stderr,
-        )
-        return None
-    return url, store, names
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opened = open_studies(args)
@@ -747,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     written: list[Path] = []
     for name in names:
         out = Path(args.out) / name if args.out and len(names) > 1 else None
-        out = out or (Path(args.out) if args.out else default_out_dir(url, name, multi=len(names) > 1))
+        out = out or (
+            Path(args.out) if args.out else default_out_dir(url, "report", name, multi=len(names) > 1)
+        )
         result = write_report(store, name, out, validate=not args.no_validate)
         shown = next((t for t in result["tables"] if t.key == "table2_ablation"), None)
         shown = shown or next(t for t in result["tables"] if t.key == "table_cells")

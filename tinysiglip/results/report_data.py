@@ -1,7 +1,8 @@
-"""What the report and the dashboards know about a study, read from the study database only.
+"""What the report and the dashboards know about a study, built from the study's DataFrames.
 
-Every number here comes from rows of ``tsl_runs`` / ``tsl_evaluations`` / ``tsl_teacher_metrics`` /
-``tsl_studies`` (see :mod:`tinysiglip.results.store`), and carries the ids of the runs it was computed from.
+Everything here starts from :func:`~tinysiglip.results.frames.load_runs`,
+:func:`~tinysiglip.results.frames.load_curves` and :func:`~tinysiglip.results.frames.load_teachers`
+(plus the study's settings row), and every number carries the ``tsl_runs`` ids it was computed from.
 
 * :func:`study_report_data` -> :class:`StudyData`: one :class:`CellData` per grid cell (its final runs
   summarised as mean ± std over seeds, its best trial, its cost) plus the roles the tables need, decided
@@ -23,7 +24,16 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinysiglip.results.store import RunRecord, StudyStore
+import pandas as pd
+
+from tinysiglip.results.frames import (
+    StorageLike,
+    cost_summary,
+    load_curves,
+    load_runs,
+    load_teachers,
+    reading,
+)
 
 __all__ = [
     "LOSS_TERMS",
@@ -33,11 +43,14 @@ __all__ = [
     "StudyData",
     "TeacherRow",
     "loss_weights",
+    "plain",
+    "search_param_names",
     "study_report_data",
 ]
 
 METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 LOSS_TERMS = ("feat", "affinity", "contrast")
+PARAMS_PREFIX = "params_"
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,14 @@ class Stat:
 
     values: tuple[float, ...]
     run_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, runs: pd.DataFrame, values: pd.Series | str) -> Stat:
+        """The finite values of a column (or of a Series aligned with ``runs``) and their run ids."""
+        column = runs[values] if isinstance(values, str) else values
+        column = pd.to_numeric(column, errors="coerce").astype("float64")
+        keep = column.notna() & column.map(math.isfinite)
+        return cls(tuple(float(v) for v in column[keep]), tuple(int(i) for i in runs.loc[keep, "run_id"]))
 
     @property
     def n(self) -> int:
@@ -68,7 +89,7 @@ class Stat:
         return f"{text} (n={self.n})" if with_n else text
 
 
-def _finite(x: Any) -> float | None:
+def finite(x: Any) -> float | None:
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -76,14 +97,21 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def stat_of(runs: list[RunRecord], get) -> Stat:
-    vals, ids = [], []
-    for r in runs:
-        v = _finite(get(r))
-        if v is not None:
-            vals.append(v)
-            ids.append(r.id)
-    return Stat(tuple(vals), tuple(ids))
+def plain(value: Any) -> Any:
+    """A DataFrame cell as a plain Python value (pandas NA / NaN -> None, numpy scalars -> Python)."""
+    if isinstance(value, (dict, list, tuple, str)) or value is None:
+        return value
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def row_dict(row: pd.Series) -> dict[str, Any]:
+    return {k: plain(v) for k, v in row.items()}
 
 
 def loss_weights(config: dict | None) -> dict[str, float]:
@@ -94,17 +122,27 @@ def loss_weights(config: dict | None) -> dict[str, float]:
         v = loss.get(term, 1.0)
         if v is False or v is None or (isinstance(v, str) and v.strip().lower() == "off"):
             v = 0.0
-        out[term] = _finite(v) or 0.0
+        out[term] = finite(v) or 0.0
     return out
 
 
 @dataclass(frozen=True)
 class TeacherRow:
     source: str
+    split: str
     cells: tuple[str, ...]
     metrics: dict[str, float]
     params_total: float | None
     teacher_metrics_ids: tuple[int, ...]
+
+    def value(self, metric: str) -> float | None:
+        """The teacher's value of a student metric (``mean_r1`` = mean of I2T and T2I R@1)."""
+        if metric in self.metrics:
+            return finite(self.metrics[metric])
+        if metric == "mean_r1":
+            i2t, t2i = finite(self.metrics.get("i2t_r1")), finite(self.metrics.get("t2i_r1"))
+            return None if i2t is None or t2i is None else (i2t + t2i) / 2
+        return None
 
 
 @dataclass
@@ -116,16 +154,29 @@ class CellData:
     student: str | None
     losses: dict[str, float]
     expected_seeds: list[int]
-    trials: list[RunRecord]
-    finals: list[RunRecord]  # every final run of the cell (any status)
-    complete_finals: list[RunRecord]
+    runs: pd.DataFrame  # every run of the cell: rows of load_runs
     metrics: dict[str, Stat]  # test metrics over complete final runs
     objective: Stat  # last val objective over complete final runs
     params: dict[str, Stat]  # param_counts over complete final runs: total, image_tower, text_tower, heads
-    best_trial: RunRecord | None
-    best_final: RunRecord | None
+    best_trial: dict[str, Any] | None  # a load_runs row as plain values
+    best_final: dict[str, Any] | None
     cost: dict[str, Any]
     flags: list[str] = field(default_factory=list)
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        return self.runs[self.runs["kind"] == "trial"]
+
+    @property
+    def finals(self) -> pd.DataFrame:
+        """Every final run of the cell (any state), by seed."""
+        finals = self.runs[self.runs["kind"] == "final"]
+        return finals.sort_values(["seed", "run_id"], na_position="first")
+
+    @property
+    def complete_finals(self) -> pd.DataFrame:
+        finals = self.finals
+        return finals[finals["state"] == "complete"]
 
     @property
     def flagged(self) -> bool:
@@ -133,7 +184,11 @@ class CellData:
 
     @property
     def final_ids(self) -> list[int]:
-        return [r.id for r in self.complete_finals]
+        return [int(i) for i in self.complete_finals["run_id"]]
+
+    @property
+    def run_ids(self) -> list[int]:
+        return [int(i) for i in self.runs["run_id"]]
 
     @property
     def losses_on(self) -> tuple[str, ...]:
@@ -153,27 +208,32 @@ class CellData:
 
     @property
     def strategy(self) -> str:
+        """A short name from the config ("Full method", "No KD", "w/o affinity"); the losses that are
+        on and the cell's own description are said elsewhere, once."""
         names = {"feat": "feature", "affinity": "affinity", "contrast": "contrastive"}
         if self.is_full:
-            return "Full method (feature + affinity + contrastive)"
+            return "Full method"
         if self.is_no_kd:
-            return "No KD (contrastive only)"
-        off = [names[t] for t in LOSS_TERMS if t not in self.losses_on]
+            return "No KD"
         if not self.losses_on:
             return "no loss on"
-        return "w/o " + " & ".join(off)
+        return "w/o " + " & ".join(names[t] for t in LOSS_TERMS if t not in self.losses_on)
 
 
 @dataclass
 class StudyData:
     name: str
+    storage_url: str
     settings: dict[str, Any]
     local: bool
     direction: str
     metric: str
     final_seeds: list[int]
+    runs: pd.DataFrame  # load_runs of this study
+    curves: pd.DataFrame  # load_curves of this study
     cells: list[CellData]
-    teachers: list[TeacherRow]
+    teachers: list[TeacherRow]  # test split (the tables' reference)
+    val_teachers: list[TeacherRow]  # val split, when the sweep recorded one
     cost_total: dict[str, Any]
     use_gpu_hours: bool
     full: CellData | None = None
@@ -189,141 +249,86 @@ class StudyData:
                 return c
         raise KeyError(name)
 
-    def teacher_for(self, cell: CellData) -> TeacherRow | None:
-        for t in self.teachers:
+    def teacher_for(self, cell: CellData, *, split: str = "test") -> TeacherRow | None:
+        rows = self.teachers if split == "test" else self.val_teachers
+        for t in rows:
             if cell.name in t.cells:
                 return t
-        for t in self.teachers:
+        for t in rows:
             if t.source == cell.teacher_source:
                 return t
         return None
+
+    def teachers_of(self, cells: list[CellData], *, split: str = "test") -> list[TeacherRow]:
+        """The distinct teachers of these cells, in order."""
+        out: list[TeacherRow] = []
+        for c in cells:
+            t = self.teacher_for(c, split=split)
+            if t is not None and t not in out:
+                out.append(t)
+        return out
 
     @property
     def has_ablation(self) -> bool:
         return self.full is not None and len(self.ablation) > 1
 
 
-def _better(direction: str):
-    sign = 1.0 if direction == "maximize" else -1.0
-    return lambda r: sign * (_finite(r.objective) if _finite(r.objective) is not None else -math.inf * sign)
-
-
-def _best(runs: list[RunRecord], direction: str) -> RunRecord | None:
-    ok = [r for r in runs if r.status == "complete" and _finite(r.objective) is not None]
-    if not ok:
+def best_run(runs: pd.DataFrame, direction: str) -> dict[str, Any] | None:
+    """The complete run with the best finite objective (ties: the lowest run id)."""
+    ok = runs[(runs["state"] == "complete") & runs["objective"].map(lambda v: finite(v) is not None)]
+    if not len(ok):
         return None
-    sign = 1.0 if direction == "maximize" else -1.0
-    return max(ok, key=lambda r: (sign * float(r.objective), -r.id))
+    ranked = ok.sort_values(["objective", "run_id"], ascending=[direction != "maximize", True])
+    return row_dict(ranked.iloc[0])
 
 
-def _teacher_source(config: dict) -> str | None:
-    return ((config or {}).get("teacher") or {}).get("source")
+def test_mean_r1(runs: pd.DataFrame) -> pd.Series:
+    """(test I2T R@1 + test T2I R@1) / 2 per run (NaN where one is missing)."""
+    cols = [c for c in ("test_i2t_r1", "test_t2i_r1") if c in runs.columns]
+    if len(cols) < 2:
+        return pd.Series(math.nan, index=runs.index, dtype="float64")
+    return (runs["test_i2t_r1"].astype("float64") + runs["test_t2i_r1"].astype("float64")) / 2
 
 
-def _student(config: dict) -> str | None:
-    return ((config or {}).get("student") or {}).get("name")
+def _stat(runs: pd.DataFrame, column: str) -> Stat:
+    return Stat.of(runs, column) if column in runs.columns else Stat(())
 
 
-def study_report_data(store: StudyStore, study_name: str) -> StudyData:
-    """Everything the tables and plots of one study need, from the database."""
-    record = store.get_study(study_name)
+def study_report_data(storage: StorageLike, study_name: str) -> StudyData:
+    """Everything the tables and plots of one study need, from the study's DataFrames."""
+    with reading(storage) as store:
+        record = store.get_study(study_name)
+        runs = load_runs(store, study_name)
+        curves = load_curves(store, study_name)
+        teachers = load_teachers(store, study_name)
+        url = store.url
     settings = dict(record.settings or {}) if record else {}
     objective = settings.get("objective") or {}
     direction = objective.get("direction", "maximize")
-    metric = objective.get("metric", "mean_r1")
     final_seeds = list(settings.get("final_seeds") or [])
     cell_settings = settings.get("cells") or {}
-    runs = store.runs(study_name)
-    costs = store.cost_summary(study_name)
-    names = list(cell_settings) + sorted({r.cell for r in runs} - set(cell_settings))
-
-    cells: list[CellData] = []
-    for name in names:
-        cruns = [r for r in runs if r.cell == name]
-        trials = [r for r in cruns if r.kind == "trial"]
-        finals = sorted((r for r in cruns if r.kind == "final"), key=lambda r: (r.seed or 0, r.id))
-        complete = [r for r in finals if r.status == "complete"]
-        best_trial = _best(trials, direction)
-        best_final = _best(complete, direction)
-        config = (best_final or best_trial or (cruns[0] if cruns else None) or _Empty).config or {}
-        metrics = {m: stat_of(complete, lambda r, m=m: (r.test_metrics or {}).get(m)) for m in METRIC_KEYS}
-        metrics["mean_r1"] = stat_of(
-            complete,
-            lambda r: (
-                (
-                    (r.test_metrics or {}).get("i2t_r1", math.nan)
-                    + (r.test_metrics or {}).get("t2i_r1", math.nan)
-                )
-                / 2
-                if r.test_metrics
-                else None
-            ),
-        )
-        params = {
-            k: stat_of(complete, lambda r, k=k: (r.param_counts or {}).get(k))
-            for k in ("total", "image_tower", "text_tower", "heads")
-        }
-        cs = cell_settings.get(name) or {}
-        c = CellData(
-            name=name,
-            description=str(cs.get("description") or ""),
-            config=config,
-            teacher_source=_teacher_source(config),
-            student=_student(config),
-            losses=loss_weights(config),
-            expected_seeds=final_seeds,
-            trials=trials,
-            finals=finals,
-            complete_finals=complete,
-            metrics=metrics,
-            objective=stat_of(complete, lambda r: r.objective),
-            params=params,
-            best_trial=best_trial,
-            best_final=best_final,
-            cost=costs.get(name, {}),
-        )
-        failed = [r for r in finals if r.status == "failed"]
-        if final_seeds and len(complete) < len(final_seeds):
-            done = sorted(r.seed for r in complete if r.seed is not None)
-            missing = [s for s in final_seeds if s not in done]
-            c.flags.append(
-                f"{len(complete)} of {len(final_seeds)} final seeds complete (missing seeds: "
-                f"{', '.join(map(str, missing)) or '—'})"
-            )
-        elif not final_seeds and not complete:
-            c.flags.append("no complete final run")
-        if failed:
-            c.flags.append(
-                f"{len(failed)} failed final run(s) (tsl_runs.id {', '.join(str(r.id) for r in failed)})"
-            )
-        cells.append(c)
-
-    teachers: dict[str, dict] = {}
-    for t in store.teacher_metrics(study_name):
-        if t.split != "test":
-            continue
-        d = teachers.setdefault(
-            t.teacher_source, {"cells": [], "metrics": t.metrics, "params": None, "ids": []}
-        )
-        d["cells"].append(t.cell)
-        d["ids"].append(t.id)
-        total = (t.teacher_params or {}).get("total")
-        if total is not None:
-            d["params"] = _finite(total)
-    teacher_rows = [
-        TeacherRow(src, tuple(d["cells"]), dict(d["metrics"] or {}), d["params"], tuple(d["ids"]))
-        for src, d in teachers.items()
+    costs = cost_summary(runs)
+    names = list(cell_settings) + sorted(set(runs["cell"]) - set(cell_settings))
+    cells = [
+        _cell_data(name, runs[runs["cell"] == name], cell_settings.get(name) or {}, final_seeds, direction)
+        for name in names
     ]
+    for c in cells:
+        c.cost = costs.get(c.name, {})
     total = costs.get("__total__", {})
     data = StudyData(
         name=study_name,
+        storage_url=url,
         settings=settings,
         local=bool(record.local) if record else False,
         direction=direction,
-        metric=metric,
+        metric=objective.get("metric", "mean_r1"),
         final_seeds=final_seeds,
+        runs=runs,
+        curves=curves,
         cells=cells,
-        teachers=teacher_rows,
+        teachers=_teacher_rows(teachers, "test"),
+        val_teachers=_teacher_rows(teachers, "val"),
         cost_total=total,
         use_gpu_hours=float(total.get("gpu_hours") or 0.0) > 0.0,
     )
@@ -331,8 +336,71 @@ def study_report_data(store: StudyStore, study_name: str) -> StudyData:
     return data
 
 
-class _Empty:
-    config: dict = {}
+def _cell_data(
+    name: str, runs: pd.DataFrame, settings: dict, final_seeds: list[int], direction: str
+) -> CellData:
+    finals = runs[runs["kind"] == "final"]
+    complete = finals[finals["state"] == "complete"]
+    best_trial = best_run(runs[runs["kind"] == "trial"], direction)
+    best_final = best_run(complete, direction)
+    source = best_final or best_trial or (row_dict(runs.iloc[0]) if len(runs) else {})
+    config = source.get("config") or {}
+    metrics = {m: _stat(complete, f"test_{m}") for m in METRIC_KEYS}
+    metrics["mean_r1"] = Stat.of(complete, test_mean_r1(complete))
+    cell = CellData(
+        name=name,
+        description=str(settings.get("description") or ""),
+        config=config,
+        teacher_source=((config.get("teacher") or {}).get("source")),
+        student=((config.get("student") or {}).get("name")),
+        losses=loss_weights(config),
+        expected_seeds=final_seeds,
+        runs=runs,
+        metrics=metrics,
+        objective=Stat.of(complete, "objective"),
+        params={
+            k: _stat(complete, f"param_counts_{k}") for k in ("total", "image_tower", "text_tower", "heads")
+        },
+        best_trial=best_trial,
+        best_final=best_final,
+        cost={},
+    )
+    if final_seeds and len(complete) < len(final_seeds):
+        done = {plain(s) for s in complete["seed"]}
+        missing = [s for s in final_seeds if s not in done]
+        cell.flags.append(
+            f"{len(complete)} of {len(final_seeds)} final seeds complete (missing seeds: "
+            f"{', '.join(map(str, missing)) or '—'})"
+        )
+    elif not final_seeds and not len(complete):
+        cell.flags.append("no complete final run")
+    failed = finals[finals["state"] == "failed"]
+    if len(failed):
+        ids = ", ".join(str(int(i)) for i in failed["run_id"])
+        cell.flags.append(f"{len(failed)} failed final run(s) (tsl_runs.id {ids})")
+    return cell
+
+
+def _teacher_rows(teachers: pd.DataFrame, split: str) -> list[TeacherRow]:
+    """One row per teacher source: its metrics on ``split`` and the cells that use it."""
+    rows = teachers[teachers["split"] == split] if len(teachers) else teachers
+    out = []
+    for source, group in rows.groupby("teacher_source", sort=False):
+        first = row_dict(group.iloc[0])
+        metrics = {k: v for k, v in first.items() if k in (*METRIC_KEYS, "mean_r1") and v is not None}
+        totals = [plain(v) for v in group.get("teacher_params_total", pd.Series(dtype=object))]
+        totals = [finite(v) for v in totals if finite(v) is not None]
+        out.append(
+            TeacherRow(
+                source=str(source),
+                split=split,
+                cells=tuple(group["cell"]),
+                metrics=metrics,
+                params_total=totals[-1] if totals else None,
+                teacher_metrics_ids=tuple(int(i) for i in group["teacher_metrics_id"]),
+            )
+        )
+    return out
 
 
 def _assign_roles(data: StudyData) -> None:
@@ -365,9 +433,10 @@ def _assign_roles(data: StudyData) -> None:
 
 
 def search_param_names(cell: CellData) -> list[str]:
-    names: list[str] = []
-    for r in cell.trials:
-        for k in r.params or {}:
-            if k not in names:
-                names.append(k)
-    return names
+    """The searched parameters of a cell's trials (dotted names, without the ``params_`` prefix)."""
+    trials = cell.trials
+    return [
+        c.removeprefix(PARAMS_PREFIX)
+        for c in trials.columns
+        if c.startswith(PARAMS_PREFIX) and trials[c].notna().any()
+    ]

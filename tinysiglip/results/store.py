@@ -1,107 +1,57 @@
-"""The study database: what every sweep trial and final run did, in SQL.
+"""Read and write access to the study database (tables: :mod:`.schema`).
 
 One database holds a whole study programme. The sweep driver (`tinysiglip.sweep`) is its only writer;
 reports, dashboards and ``optuna-dashboard`` read it. Any SQLAlchemy URL works: the default is a SQLite
 file under the study's run folder (opened in WAL mode with a busy timeout, so a reader such as
 optuna-dashboard never breaks the writer), PostgreSQL by URL (``postgresql+psycopg://user:pw@host/db``).
+Optuna's own tables live in the same database: :func:`optuna_storage` opens Optuna's ``RDBStorage`` on
+the same URL, with one Optuna study per grid cell named ``"<study>/<cell>"``.
 
-Optuna's own tables (``studies``, ``trials``, ``trial_values``, ``trial_params``,
-``trial_intermediate_values``, ``version_info``, ``alembic_version``, ...) live in the same database:
-the driver opens Optuna's ``RDBStorage`` on the same URL (see :func:`optuna_storage`) with one Optuna
-study per grid cell, named ``"<study>/<cell>"``. The project's own tables are all prefixed ``tsl_`` so
-they never collide with Optuna's:
-
-``tsl_studies``  one row per study (``name`` unique)
-    name, study_file (path), study_text (the YAML as run), local (bool), settings (JSON: objective
-    {metric, direction}, trials_per_cell, final_seeds, resources, pruner, sampler, max_failures, cells,
-    epochs), package_version, created_at, updated_at.
-
-``tsl_runs``  one row per trial or final run; a retried or resumed run keeps its row
-    id, run_key (unique: ``trial:<study>/<cell>#<optuna trial number>`` or
-    ``final:<study>/<cell>@seed<seed>``), study_name, cell, kind (``"trial"`` | ``"final"``),
-    optuna_study_name, optuna_trial_number, optuna_trial_id (trials only; NULL for final runs),
-    source_trial_number (final runs: the search trial whose params they re-run),
-    config (JSON, the resolved training config), params (JSON, the sampled search-space values,
-    dotted names), seed, status (``running`` | ``complete`` | ``pruned`` | ``failed``), error (text of the
-    last failure), attempts (how many times it was started), retries (= attempts - 1), objective_metric,
-    objective_direction, objective (last reported objective value; for a complete trial the value told to
-    Optuna), epochs_budget, epochs_done, steps, val_metrics (JSON, last evaluation), test_metrics (JSON,
-    final runs: metrics on the test split), param_counts (JSON: image_tower, text_tower, heads, total),
-    wall_time_s (summed over attempts), cpus, gpu_fraction, gpu_hours (= wall_time_s * gpu_fraction /
-    3600), cpu_hours (= wall_time_s * cpus / 3600), device, cache_fingerprints (JSON: {"train": {...},
-    "val": {...}, "test": {...}} as given to the run), package_version, run_dir, started_at (first start),
-    finished_at, updated_at.
-
-``tsl_evaluations``  every evaluation a run reported (what the pruner saw)
-    id, run_id (-> tsl_runs.id), epoch, step, metrics (JSON: val Recall@K and mean_r1), objective,
-    attempt (which attempt reported it), created_at. Unique (run_id, epoch, step): an evaluation repeated
-    after a resume from checkpoint replaces the earlier one instead of duplicating it.
-
-``tsl_teacher_metrics``  the teacher reference per cell, from cached test embeddings
-    id, study_name, cell, teacher_source, split, cache_path, cache_fingerprint, metrics (JSON: i2t_r1 ...
-    t2i_r10), teacher_params (JSON, may be empty), created_at. Unique (study_name, cell, teacher_source,
-    split).
-
-Read methods return plain frozen dataclasses (:class:`StudyRecord`, :class:`RunRecord`,
-:class:`EvaluationRecord`, :class:`TeacherMetricsRecord`); ``dataclasses.asdict`` turns them into dicts.
 Passwords in URLs are never shown: use :func:`redact_url` wherever a URL is printed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    delete,
-    event,
-    inspect,
-    select,
-)
+from sqlalchemy import create_engine, delete, event, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from tinysiglip.errors import TinySigLIPError
+from tinysiglip.results.schema import (
+    RUN_STATUSES,
+    Base,
+    EvaluationRecord,
+    EvaluationRow,
+    RunRecord,
+    RunRow,
+    StudyRecord,
+    StudyRow,
+    TeacherMetricsRecord,
+    TeacherMetricsRow,
+    _now,
+    _to_record,
+    run_key,
+)
 
 __all__ = [
-    "RUN_STATUSES",
-    "TABLE_NAMES",
-    "EvaluationRecord",
-    "RunRecord",
     "StoreError",
-    "StudyRecord",
     "StudyStore",
-    "TeacherMetricsRecord",
     "default_sqlite_url",
+    "open_existing",
     "open_store",
     "optuna_storage",
     "redact_url",
 ]
 
-RUN_STATUSES = ("running", "complete", "pruned", "failed")
-FINISHED_STATUSES = ("complete", "pruned")
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
 class StoreError(TinySigLIPError):
     """The study database cannot be opened or is inconsistent."""
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
 
 
 def redact_url(url: str | Any) -> str:
@@ -129,205 +79,6 @@ def _package_version() -> str:
     from tinysiglip import __version__
 
     return __version__
-
-
-# --------------------------------------------------------------------------------------------- schema
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class StudyRow(Base):
-    __tablename__ = "tsl_studies"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
-    study_file: Mapped[str | None] = mapped_column(Text)
-    study_text: Mapped[str | None] = mapped_column(Text)
-    local: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
-    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    package_version: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class RunRow(Base):
-    __tablename__ = "tsl_runs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_key: Mapped[str] = mapped_column(String(512), unique=True, nullable=False)
-    study_name: Mapped[str] = mapped_column(String(255), index=True, nullable=False)
-    cell: Mapped[str] = mapped_column(String(255), index=True, nullable=False)
-    kind: Mapped[str] = mapped_column(String(16), nullable=False)
-    optuna_study_name: Mapped[str | None] = mapped_column(String(512))
-    optuna_trial_number: Mapped[int | None] = mapped_column(Integer)
-    optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
-    source_trial_number: Mapped[int | None] = mapped_column(Integer)
-    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    seed: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
-    error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
-    retries: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
-    objective_metric: Mapped[str | None] = mapped_column(String(128))
-    objective_direction: Mapped[str | None] = mapped_column(String(16))
-    objective: Mapped[float | None] = mapped_column(Float)
-    epochs_budget: Mapped[int | None] = mapped_column(Integer)
-    epochs_done: Mapped[int | None] = mapped_column(Integer)
-    steps: Mapped[int | None] = mapped_column(Integer)
-    val_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    param_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    wall_time_s: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    cpus: Mapped[float | None] = mapped_column(Float)
-    gpu_fraction: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    gpu_hours: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    cpu_hours: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    device: Mapped[str | None] = mapped_column(String(64))
-    cache_fingerprints: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    package_version: Mapped[str | None] = mapped_column(String(64))
-    run_dir: Mapped[str | None] = mapped_column(Text)
-    started_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class EvaluationRow(Base):
-    __tablename__ = "tsl_evaluations"
-    __table_args__ = (UniqueConstraint("run_id", "epoch", "step", name="uq_tsl_eval_run_epoch_step"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("tsl_runs.id", ondelete="CASCADE"), index=True)
-    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
-    step: Mapped[int] = mapped_column(Integer, nullable=False)
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    objective: Mapped[float | None] = mapped_column(Float)
-    attempt: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
-    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class TeacherMetricsRow(Base):
-    __tablename__ = "tsl_teacher_metrics"
-    __table_args__ = (
-        UniqueConstraint("study_name", "cell", "teacher_source", "split", name="uq_tsl_teacher_metrics"),
-    )
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    study_name: Mapped[str] = mapped_column(String(255), index=True, nullable=False)
-    cell: Mapped[str] = mapped_column(String(255), nullable=False)
-    teacher_source: Mapped[str] = mapped_column(Text, nullable=False)
-    split: Mapped[str] = mapped_column(String(64), nullable=False)
-    cache_path: Mapped[str | None] = mapped_column(Text)
-    cache_fingerprint: Mapped[str | None] = mapped_column(Text)
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    teacher_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-TABLE_NAMES = tuple(sorted(Base.metadata.tables))
-
-
-# ------------------------------------------------------------------------------------------- records
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyRecord:
-    name: str
-    study_file: str | None
-    study_text: str | None
-    local: bool
-    settings: dict[str, Any]
-    package_version: str | None
-    created_at: _dt.datetime | None
-    updated_at: _dt.datetime | None
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    id: int
-    run_key: str
-    study_name: str
-    cell: str
-    kind: str
-    optuna_study_name: str | None
-    optuna_trial_number: int | None
-    optuna_trial_id: int | None
-    source_trial_number: int | None
-    config: dict[str, Any]
-    params: dict[str, Any]
-    seed: int | None
-    status: str
-    error: str | None
-    attempts: int
-    retries: int
-    objective_metric: str | None
-    objective_direction: str | None
-    objective: float | None
-    epochs_budget: int | None
-    epochs_done: int | None
-    steps: int | None
-    val_metrics: dict[str, Any] | None
-    test_metrics: dict[str, Any] | None
-    param_counts: dict[str, Any] | None
-    wall_time_s: float
-    cpus: float | None
-    gpu_fraction: float
-    gpu_hours: float
-    cpu_hours: float
-    device: str | None
-    cache_fingerprints: dict[str, Any] | None
-    package_version: str | None
-    run_dir: str | None
-    started_at: _dt.datetime | None
-    finished_at: _dt.datetime | None
-    updated_at: _dt.datetime | None
-
-    @property
-    def epochs_saved(self) -> int:
-        """Trial-epochs saved by pruning: budget minus epochs done, for a pruned run (else 0)."""
-        if self.status != "pruned" or self.epochs_budget is None:
-            return 0
-        return max(0, int(self.epochs_budget) - int(self.epochs_done or 0))
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationRecord:
-    id: int
-    run_id: int
-    epoch: int
-    step: int
-    metrics: dict[str, Any]
-    objective: float | None
-    attempt: int
-    created_at: _dt.datetime | None
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherMetricsRecord:
-    id: int
-    study_name: str
-    cell: str
-    teacher_source: str
-    split: str
-    cache_path: str | None
-    cache_fingerprint: str | None
-    metrics: dict[str, Any]
-    teacher_params: dict[str, Any]
-    created_at: _dt.datetime | None
-
-
-def _to_record(cls, row):
-    return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
-
-
-def run_key(kind: str, optuna_study_name: str, *, trial_number: int | None = None, seed: int | None = None):
-    """The unique key of a run: one row per Optuna trial, one per (cell, seed) final run."""
-    if kind == "trial":
-        return f"trial:{optuna_study_name}#{int(trial_number)}"
-    if kind == "final":
-        return f"final:{optuna_study_name}@seed{int(seed)}"
-    raise ValueError(f"unknown run kind {kind!r}")
-
-
-# --------------------------------------------------------------------------------------------- store
 
 
 def _make_engine(url: str) -> Engine:
@@ -665,40 +416,10 @@ class StudyStore:
 
     def cost_summary(self, study_name: str) -> dict[str, dict[str, Any]]:
         """Per cell (and ``"__total__"``): runs by kind and status, trial-epochs saved by pruning,
-        wall time, GPU-hours and CPU-hours."""
-        out: dict[str, dict[str, Any]] = {}
+        wall time, GPU-hours and CPU-hours (computed from :func:`~.frames.load_runs`, as the report does)."""
+        from tinysiglip.results.frames import cost_summary, load_runs
 
-        def blank():
-            return {
-                "trials": 0,
-                "trials_complete": 0,
-                "trials_pruned": 0,
-                "trials_failed": 0,
-                "trials_running": 0,
-                "final_runs": 0,
-                "final_complete": 0,
-                "final_failed": 0,
-                "epochs_saved_by_pruning": 0,
-                "wall_time_s": 0.0,
-                "gpu_hours": 0.0,
-                "cpu_hours": 0.0,
-            }
-
-        for r in self.runs(study_name):
-            for key in (r.cell, "__total__"):
-                c = out.setdefault(key, blank())
-                if r.kind == "trial":
-                    c["trials"] += 1
-                    c[f"trials_{r.status}"] = c.get(f"trials_{r.status}", 0) + 1
-                    c["epochs_saved_by_pruning"] += r.epochs_saved
-                else:
-                    c["final_runs"] += 1
-                    if r.status in ("complete", "failed"):
-                        c[f"final_{r.status}"] += 1
-                c["wall_time_s"] += r.wall_time_s or 0.0
-                c["gpu_hours"] += r.gpu_hours or 0.0
-                c["cpu_hours"] += r.cpu_hours or 0.0
-        return out
+        return cost_summary(load_runs(self, study_name))
 
     # ------------------------------------------------------------------------- teacher metrics
     def record_teacher_metrics(
@@ -791,6 +512,18 @@ def open_store(url: str | Path, *, create: bool = True) -> StudyStore:
     if "://" not in text:
         text = f"sqlite:///{Path(text).resolve()}"
     return StudyStore(text, create=create)
+
+
+def open_existing(url: str | Path) -> StudyStore:
+    """Open a study database for reading: a SQLite file that does not exist is an error, not a new file."""
+    text = str(url)
+    database = text
+    if "://" in text:
+        u = make_url(text)
+        database = u.database if u.get_backend_name() == "sqlite" and u.database != ":memory:" else None
+    if database and not Path(database).exists():
+        raise StoreError(f"no study database at {database} (has the sweep run?)")
+    return open_store(text, create=False)
 
 
 def optuna_storage(url: str):

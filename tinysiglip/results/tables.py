@@ -1,0 +1,533 @@
+"""The report's tables: Markdown, CSV and LaTeX renderings of :class:`~.report_data.StudyData`.
+
+Which cells play which role is decided from their configs (see :mod:`tinysiglip.results.report_data`):
+
+* ``table1_main``: teacher (its cached test embeddings), student without KD, best distilled student;
+* ``table2_ablation``: each ablation cell's I2T / T2I R@1 and the delta vs the full method;
+* ``table_scaling`` (teacher × student), ``table_architecture`` (students under one teacher);
+* ``table_cells`` (every cell; the fallback when the tables above do not apply), ``table_best_params``
+  (the best trial's λ per cell) and ``table_cost`` (trials, pruning, epochs saved, GPU/CPU-hours).
+
+Every figure is a mean over the final runs' seeds with its spread, "62.4 ± 0.8 (n=3)"; the CSV has
+``_mean``, ``_std`` and ``_n`` columns. A cell with fewer complete final runs than the study's seeds, or
+with failed final runs, is marked † with a footnote. Each table lists the ``tsl_runs.id`` it used.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinysiglip.results.report_data import METRIC_KEYS, CellData, Stat, StudyData, search_param_names
+
+__all__ = ["METRIC_HEADERS", "Table", "build_tables"]
+
+DAGGER = "†"
+METRIC_HEADERS = {
+    "i2t_r1": "I2T R@1",
+    "i2t_r5": "I2T R@5",
+    "i2t_r10": "I2T R@10",
+    "t2i_r1": "T2I R@1",
+    "t2i_r5": "T2I R@5",
+    "t2i_r10": "T2I R@10",
+}
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Table:
+    key: str  # file stem
+    title: str
+    columns: list[tuple[str, str]]  # (key, header) shown in Markdown / LaTeX / CSV
+    rows: list[dict[str, Any]]  # values: Stat, str, int, float, None
+    notes: list[str] = field(default_factory=list)
+    run_ids: list[int] = field(default_factory=list)
+    csv_extra: list[str] = field(default_factory=list)  # keys only in the CSV
+
+    # ---------------------------------------------------------------- rendering
+    @staticmethod
+    def _text(v: Any) -> str:
+        if isinstance(v, Stat):
+            return v.fmt()
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    def ids_line(self) -> str:
+        ids = sorted(set(self.run_ids))
+        return "Computed from tsl_runs.id: " + (", ".join(map(str, ids)) if ids else "none")
+
+    def markdown(self) -> str:
+        heads = [h for _, h in self.columns]
+        lines = [f"### {self.title}", "", "| " + " | ".join(heads) + " |"]
+        lines.append("| " + " | ".join([":---"] + ["---:"] * (len(heads) - 1)) + " |")
+        for row in self.rows:
+            cells = [self._text(row.get(k)).replace("|", "\\|") for k, _ in self.columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.extend(f"{n}  " for n in self.notes)
+        lines.append(self.ids_line())
+        return "\n".join(lines) + "\n"
+
+    def csv_rows(self) -> tuple[list[str], list[list[Any]]]:
+        keys = [k for k, _ in self.columns] + [k for k in self.csv_extra if k not in dict(self.columns)]
+        header: list[str] = []
+        for k in keys:
+            if any(isinstance(r.get(k), Stat) for r in self.rows):
+                header += [f"{k}_mean", f"{k}_std", f"{k}_n"]
+            else:
+                header.append(k)
+        out = []
+        for r in self.rows:
+            line: list[Any] = []
+            for k in keys:
+                v = r.get(k)
+                if any(isinstance(x.get(k), Stat) for x in self.rows):
+                    line += [v.mean, v.std, v.n] if isinstance(v, Stat) else [None, None, None]
+                elif isinstance(v, (list, tuple)):
+                    line.append(" ".join(map(str, v)))
+                else:
+                    line.append(v)
+            out.append(line)
+        return header, out
+
+    def write_csv(self, path: Path) -> None:
+        header, rows = self.csv_rows()
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for r in rows:
+                w.writerow(["" if v is None else v for v in r])
+
+    def latex(self) -> str:
+        def esc(s: str) -> str:
+            s = s.replace("\\", "\x00")
+            for a, b in (
+                ("&", r"\&"),
+                ("%", r"\%"),
+                ("_", r"\_"),
+                ("#", r"\#"),
+                ("$", r"\$"),
+                ("{", r"\{"),
+                ("}", r"\}"),
+            ):
+                s = s.replace(a, b)
+            for a, b in _LATEX_SYMBOLS:
+                s = s.replace(a, b)
+            return s.replace("\x00", r"\textbackslash{}")
+
+        spec = "l" + "r" * (len(self.columns) - 1)
+        lines = [
+            f"% {self.title}",
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\caption{{{esc(self.title)}}}",
+            rf"\label{{tab:{self.key}}}",
+            rf"\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            " & ".join(esc(h) for _, h in self.columns) + r" \\",
+            r"\midrule",
+        ]
+        for row in self.rows:
+            lines.append(" & ".join(esc(self._text(row.get(k))) for k, _ in self.columns) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        for n in [*self.notes, self.ids_line()]:
+            lines.append(rf"\par\smallskip{{\footnotesize {esc(n)}}}")
+        lines.append(r"\end{table}")
+        return "\n".join(lines) + "\n"
+
+
+_LATEX_SYMBOLS = (
+    ("±", r"$\pm$"),
+    (DAGGER, r"$^\dagger$"),
+    ("—", "--"),
+    ("−", "-"),
+    ("Δ", r"$\Delta$"),
+    ("×", r"$\times$"),
+    ("²", r"$^2$"),
+    ("λ", r"$\lambda$"),
+    ("Σ", r"$\Sigma$"),
+)
+
+
+def _flag_name(c: CellData) -> str:
+    return f"{c.name}{DAGGER}" if c.flagged else c.name
+
+
+def _flag_notes(cells: list[CellData]) -> list[str]:
+    return [f"{DAGGER} {c.name}: " + "; ".join(c.flags) + "." for c in cells if c.flagged]
+
+
+def _params_m(stat: Stat) -> str | None:
+    if stat.mean is None:
+        return None
+    v = stat.mean
+    if v >= 1e6:
+        return f"{v / 1e6:.1f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def _spread_note(data: StudyData) -> str:
+    seeds = ", ".join(map(str, data.final_seeds)) or "—"
+    return (
+        f"Test-split Recall@K in %: mean ± sample std over the final runs' seeds ({seeds}); "
+        "n = complete final runs."
+    )
+
+
+def _ids(cells: list[CellData]) -> list[int]:
+    return [i for c in cells for i in c.final_ids]
+
+
+def table1(data: StudyData) -> Table | None:
+    if data.no_kd is None or data.best_distilled is None:
+        return None
+    cols = [("model", "Model"), ("cell", "Cell")]
+    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [("params", "Params")]
+    rows = []
+    notes = []
+    teacher = data.teacher_for(data.best_distilled)
+    if teacher is not None:
+        rows.append(
+            {
+                "model": f"Teacher ({teacher.source})",
+                "cell": "—",
+                **{m: _teacher_value(teacher.metrics.get(m)) for m in METRIC_KEYS},
+                "params": _params_m(Stat((teacher.params_total,))) if teacher.params_total else None,
+                "params_total": teacher.params_total,
+                "runs": "tsl_teacher_metrics.id " + " ".join(map(str, teacher.teacher_metrics_ids)),
+            }
+        )
+        notes.append(
+            "Teacher: retrieval on its own cached test embeddings (tsl_teacher_metrics.id "
+            + ", ".join(map(str, teacher.teacher_metrics_ids))
+            + "); one deterministic value, no seeds."
+        )
+    for label, c in (
+        ("Student, no KD", data.no_kd),
+        (f"Student, distilled (best): {data.best_distilled.strategy}", data.best_distilled),
+    ):
+        rows.append(
+            {
+                "model": label,
+                "cell": _flag_name(c),
+                **{m: c.metrics[m] for m in METRIC_KEYS},
+                "params": _params_m(c.params["total"]),
+                "params_total": c.params["total"].mean,
+                "params_image": c.params["image_tower"].mean,
+                "params_text": c.params["text_tower"].mean,
+                "params_heads": c.params["heads"].mean,
+                "runs": c.final_ids,
+            }
+        )
+    split = [
+        f"{c.name}: image {_params_m(c.params['image_tower'])}, text {_params_m(c.params['text_tower'])}, "
+        f"heads {_params_m(c.params['heads'])}"
+        for c in (data.no_kd, data.best_distilled)
+    ]
+    notes.append("Params split (image / text tower): " + "; ".join(split) + ".")
+    notes.append(
+        f"Best distilled = distilled cell with the best mean val {data.metric} over its final runs "
+        f"({data.best_distilled.name}: {data.best_distilled.objective.fmt(2)}). "
+        f"No KD = cell whose config has loss.feat = loss.affinity = 0 ({data.no_kd.name})."
+    )
+    notes.append(_spread_note(data))
+    notes += _flag_notes([data.no_kd, data.best_distilled])
+    return Table(
+        "table1_main",
+        "Table 1: Main results - distillation vs teacher and no-KD student",
+        cols,
+        rows,
+        notes,
+        _ids([data.no_kd, data.best_distilled]),
+        csv_extra=["params_total", "params_image", "params_text", "params_heads", "runs"],
+    )
+
+
+def _teacher_value(v: Any) -> str | None:
+    return None if v is None else f"{float(v):.1f}"
+
+
+def _delta(a: Stat, b: Stat) -> Stat | None:
+    """a - b with the standard error of the difference as its spread (n = min(n_a, n_b))."""
+    if a.mean is None or b.mean is None:
+        return None
+    return _DeltaStat(a.mean - b.mean, ((a.std**2) / a.n + (b.std**2) / b.n) ** 0.5, min(a.n, b.n))
+
+
+class _DeltaStat(Stat):
+    def __init__(self, value: float, se: float, n: int):
+        object.__setattr__(self, "values", (value,))
+        object.__setattr__(self, "run_ids", ())
+        object.__setattr__(self, "_se", se)
+        object.__setattr__(self, "_n", n)
+
+    @property
+    def mean(self) -> float:
+        return self.values[0]
+
+    @property
+    def std(self) -> float:
+        return self._se
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def fmt(self, digits: int = 1, *, with_n: bool = False) -> str:
+        return f"{self.mean:+.{digits}f} ± {self.std:.{digits}f}"
+
+
+def table2(data: StudyData) -> Table | None:
+    if not data.has_ablation:
+        return None
+    full = data.full
+    cols = [
+        ("strategy", "Strategy"),
+        ("cell", "Cell"),
+        ("losses", "Losses on"),
+        ("i2t_r1", "I2T R@1"),
+        ("t2i_r1", "T2I R@1"),
+        ("delta", "Δ mean R@1 vs full"),
+    ]
+    rows = []
+    cells = sorted(data.ablation, key=lambda c: (not c.is_full, c.name))
+    for c in cells:
+        rows.append(
+            {
+                "strategy": c.strategy,
+                "description": c.description,
+                "cell": _flag_name(c),
+                "losses": "+".join(c.losses_on) or "none",
+                "i2t_r1": c.metrics["i2t_r1"],
+                "t2i_r1": c.metrics["t2i_r1"],
+                "delta": "-" if c is full else _delta(c.metrics["mean_r1"], full.metrics["mean_r1"]),
+                "delta_i2t_r1": None if c is full else _delta(c.metrics["i2t_r1"], full.metrics["i2t_r1"]),
+                "delta_t2i_r1": None if c is full else _delta(c.metrics["t2i_r1"], full.metrics["t2i_r1"]),
+                "runs": c.final_ids,
+            }
+        )
+    notes = [
+        f"Full method = {full.name}, the cell whose config has loss.feat, loss.affinity and loss.contrast "
+        f"all > 0 (teacher {full.teacher_source}, student {full.student}); the ablation cells share its "
+        "teacher and student and differ in which losses are on.",
+        "Δ = (mean of (I2T R@1 + T2I R@1)/2) minus the full method's; ± is the standard error of the "
+        "difference, sqrt(s_a²/n_a + s_b²/n_b). The CSV also has the per-direction deltas.",
+        _spread_note(data),
+        *_flag_notes(cells),
+    ]
+    return Table(
+        "table2_ablation",
+        "Table 2: Ablation - loss components",
+        cols,
+        rows,
+        notes,
+        _ids(cells),
+        csv_extra=["description", "delta_i2t_r1", "delta_t2i_r1", "runs"],
+    )
+
+
+def _cell_row(data: StudyData, c: CellData) -> dict[str, Any]:
+    t = data.teacher_for(c)
+    return {
+        "cell": _flag_name(c),
+        "description": c.description or c.strategy,
+        "teacher": c.teacher_source,
+        "student": c.student,
+        "losses": "+".join(c.losses_on) or "none",
+        "objective": c.objective,
+        **{m: c.metrics[m] for m in METRIC_KEYS},
+        "params": _params_m(c.params["total"]),
+        "params_total": c.params["total"].mean,
+        "params_image": c.params["image_tower"].mean,
+        "params_text": c.params["text_tower"].mean,
+        "teacher_params": t.params_total if t else None,
+        "teacher_i2t_r1": _teacher_value(t.metrics.get("i2t_r1")) if t else None,
+        "teacher_t2i_r1": _teacher_value(t.metrics.get("t2i_r1")) if t else None,
+        "runs": c.final_ids,
+    }
+
+
+_EXTRA = ["params_total", "params_image", "params_text", "runs"]
+
+
+def table_scaling(data: StudyData) -> Table | None:
+    if not data.scaling:
+        return None
+    cols = [
+        ("teacher", "Teacher"),
+        ("teacher_i2t_r1", "Teacher I2T R@1"),
+        ("student", "Student"),
+        ("cell", "Cell"),
+        ("i2t_r1", "I2T R@1"),
+        ("t2i_r1", "T2I R@1"),
+        ("params", "Student params"),
+    ]
+    rows = [_cell_row(data, c) for c in data.scaling]
+    notes = [
+        "Scaling: full-method cells (all three losses on), teacher × student.",
+        _spread_note(data),
+        *_flag_notes(data.scaling),
+    ]
+    return Table(
+        "table_scaling",
+        "Scaling: teacher × student (full method)",
+        cols,
+        rows,
+        notes,
+        _ids(data.scaling),
+        csv_extra=["teacher_params", "teacher_t2i_r1", *_EXTRA],
+    )
+
+
+def table_architecture(data: StudyData) -> Table | None:
+    if not data.architecture:
+        return None
+    cols = [("student", "Student"), ("cell", "Cell")]
+    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [("params", "Params")]
+    rows = [_cell_row(data, c) for c in data.architecture]
+    notes = [
+        f"Architectures: full-method cells of teacher {data.architecture[0].teacher_source}.",
+        _spread_note(data),
+        *_flag_notes(data.architecture),
+    ]
+    return Table(
+        "table_architecture",
+        "Architectures: students under one teacher (full method)",
+        cols,
+        rows,
+        notes,
+        _ids(data.architecture),
+        csv_extra=_EXTRA,
+    )
+
+
+def table_cells(data: StudyData) -> Table:
+    cols = [
+        ("cell", "Cell"),
+        ("description", "Description"),
+        ("student", "Student"),
+        ("losses", "Losses on"),
+        ("objective", f"val {data.metric}"),
+        ("i2t_r1", "I2T R@1"),
+        ("t2i_r1", "T2I R@1"),
+        ("params", "Params"),
+    ]
+    rows = [_cell_row(data, c) for c in data.cells]
+    notes = [
+        f"val {data.metric}: the final runs' last validation objective ({data.direction}).",
+        _spread_note(data),
+        *_flag_notes(data.cells),
+    ]
+    return Table(
+        "table_cells",
+        f"Per-cell results: {data.name}",
+        cols,
+        rows,
+        notes,
+        _ids(data.cells),
+        csv_extra=["teacher", "i2t_r5", "i2t_r10", "t2i_r5", "t2i_r10", *_EXTRA],
+    )
+
+
+def table_best_params(data: StudyData) -> Table:
+    names: list[str] = []
+    for c in data.cells:
+        for n in search_param_names(c):
+            if n not in names:
+                names.append(n)
+    cols = [
+        ("cell", "Cell"),
+        ("trial", "Best trial"),
+        ("run_id", "Run id"),
+        ("objective", f"val {data.metric}"),
+    ]
+    cols += [(n, n) for n in names]
+    rows, ids = [], []
+    for c in data.cells:
+        b = c.best_trial
+        row: dict[str, Any] = {"cell": c.name}
+        if b is not None:
+            ids.append(b["run_id"])
+            row.update(trial=b["trial"], run_id=b["run_id"], objective=b["objective"])
+            for n in names:
+                v = b.get(f"params_{n}")
+                row[n] = f"{v:.4g}" if isinstance(v, float) else v
+        rows.append(row)
+    notes = [
+        "The best complete search trial per cell (the λ the final runs re-ran); — = not searched in that "
+        "cell (a loss that is off has no λ).",
+    ]
+    return Table("table_best_params", "Best λ per cell (search trials)", cols, rows, notes, ids)
+
+
+def table_cost(data: StudyData) -> Table:
+    hours = "gpu_hours" if data.use_gpu_hours else "cpu_hours"
+    cols = [
+        ("cell", "Cell"),
+        ("trials", "Trials run"),
+        ("trials_complete", "Complete"),
+        ("trials_pruned", "Pruned"),
+        ("trials_failed", "Failed"),
+        ("epochs_saved_by_pruning", "Trial-epochs saved"),
+        ("final", "Final runs (complete/failed)"),
+        ("wall_h", "Wall h"),
+        (hours, "GPU-h" if data.use_gpu_hours else "CPU-h (no GPU used)"),
+    ]
+    rows, ids = [], []
+    for c in data.cells:
+        cost = c.cost or {}
+        rows.append({"cell": c.name, **_cost_row(cost)})
+        ids += c.run_ids
+    rows.append({"cell": "Total (study)", **_cost_row(data.cost_total or {})})
+    notes = [
+        "Trial-epochs saved = Σ over pruned trials of (epoch budget − epochs done). "
+        + (
+            "GPU-h = wall time × GPU fraction."
+            if data.use_gpu_hours
+            else "CPU-h = wall time × CPUs per trial."
+        )
+    ]
+    return Table(
+        "table_cost",
+        "Cost: trials, pruning and compute",
+        cols,
+        rows,
+        notes,
+        ids,
+        csv_extra=[
+            "trials_running",
+            "final_runs",
+            "final_complete",
+            "final_failed",
+            "wall_time_s",
+            "gpu_hours",
+            "cpu_hours",
+        ],
+    )
+
+
+def _cost_row(cost: dict) -> dict[str, Any]:
+    out = dict(cost)
+    out["final"] = f"{cost.get('final_complete', 0)}/{cost.get('final_failed', 0)}"
+    out["wall_h"] = round(float(cost.get("wall_time_s") or 0.0) / 3600.0, 4)
+    for k in ("gpu_hours", "cpu_hours"):
+        out[k] = round(float(cost.get(k) or 0.0), 4)
+    for k in ("trials", "trials_complete", "trials_pruned", "trials_failed", "epochs_saved_by_pruning"):
+        out.setdefault(k, 0)
+    return out
+
+
+def build_tables(data: StudyData) -> list[Table]:
+    """The tables that apply to this study, in report order (per-cell + cost always)."""
+    tables = [t for t in (table1(data), table2(data), table_scaling(data), table_architecture(data)) if t]
+    tables += [table_cells(data), table_best_params(data), table_cost(data)]
+    return tables
