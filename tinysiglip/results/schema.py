@@ -42,9 +42,10 @@ they never collide with Optuna's:
     t2i_r10), teacher_params (JSON, may be empty), created_at. Unique (study_name, cell, teacher_source,
     split).
 
-The store's read methods (:mod:`.store`) return plain frozen dataclasses (:class:`StudyRecord`, :class:`RunRecord`,
-:class:`EvaluationRecord`, :class:`TeacherMetricsRecord`); ``dataclasses.asdict`` turns them into dicts;
-the DataFrames of :mod:`.frames` read the tables column by column, so a new column shows up there too.
+The store's read methods (:mod:`.store`) return plain frozen dataclasses (:class:`StudyRecord`,
+:class:`RunRecord`, :class:`EvaluationRecord`, :class:`TeacherMetricsRecord`); ``dataclasses.asdict``
+turns them into dicts. The DataFrames of :mod:`.frames` read the tables column by column, so a column
+added here shows up there too.
 """
 
 from __future__ import annotations
