@@ -261,3 +261,15 @@ def test_cli_study_file_and_errors(study_db, tmp_path, capsys):
     assert "Table 2" in printed and str(out / "report.md") in printed
     assert main(["--storage", url, "--study", "nope"]) == 2
     assert "no study nope" in capsys.readouterr().err
+
+
+def test_python_m_entry_points():
+    """`python -m tinysiglip.report` / `.dashboards` (Makefile, README) still reach the package's mains."""
+    for module, prog in (
+        ("tinysiglip.report", "tinysiglip report"),
+        ("tinysiglip.dashboards", "tinysiglip dashboards"),
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert p.returncode == 0 and f"usage: {prog}" in p.stdout, p.stderr
