@@ -49,6 +49,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "expect": {},
         "num_workers": 0,
         "embeddings_in_memory": True,
+        # Train on images of the val/test caches anyway (refused otherwise; recorded on the run).
+        "allow_leakage": False,
     },
     "student": {"name": "vit_small", "pretrained": False, "scale": "full", "overrides": {}},
     # init_logit_*: the student's learnable temperature and bias (SigLIP: 10 and -10, a prior tuned

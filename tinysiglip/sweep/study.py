@@ -126,6 +126,7 @@ TRAINING_CONFIG_KEYS: dict[str, Any] = {
         "expect": Key("dict"),
         "num_workers": Key("int", min=0),
         "embeddings_in_memory": Key("bool"),
+        "allow_leakage": Key("bool"),
     },
     "student": {"name": Key("str"), "pretrained": Key("bool"), "scale": Key("str"), "overrides": Key("dict")},
     "loss": {
