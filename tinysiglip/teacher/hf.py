@@ -1,18 +1,30 @@
 """Load a SigLIP / SigLIP 2 teacher (Hub id or local folder) and embed images and captions with it.
 
-Two input paths produce the teacher's image embeddings:
+Two views of an image give the teacher's image embedding:
 
-- ``embed_images(list[PIL])``: the processor + model, what any user of the checkpoint does.
-- ``embed_pixels(uint8)`` on ``resize_to_uint8(pil)``: what the cache stores and the student sees.
-  ``resize_to_uint8`` resizes exactly as the loaded image processor does (torchvision backend: the
-  transformers 5.x default, ``tvF.resize`` with antialias on the uint8 tensor; PIL backend:
-  ``PIL.Image.resize``), so both paths agree to float rounding (max abs diff ~1e-5 on the
-  embeddings of the tiny test checkpoints; see tests/test_teacher.py). Mixing backends (PIL-resized
-  pixels through a torchvision processor) differs by a few intensity levels, not by float rounding.
+- the teacher's own view, ``embed_images(list[PIL])``: the processor + model on the original image,
+  what any user of the checkpoint does. For a NaFlex (``Siglip2Model``) teacher the processor keeps
+  the aspect ratio: a 640x427 photo becomes 13x19 patches within ``max_num_patches``.
+- the student's view, ``embed_pixels(uint8)`` on ``resize_to_uint8(pil)``: the square the cache stores
+  and the student reads. ``resize_to_uint8`` resizes exactly as the loaded image processor does
+  (torchvision backend: ``tvF.resize`` with antialias on the uint8 tensor; PIL backend:
+  ``PIL.Image.resize``).
+
+For fixed-resolution teachers (``SiglipModel``) the processor itself squashes every image to the
+square, so the two views agree to float rounding (tests/test_teacher.py). For NaFlex teachers they do
+NOT: the square has another patch grid than the processor's aspect-kept one, and on real photos the
+two embeddings of one image differ (cosine 0.88 min / 0.975 mean, issue 10). The cache therefore
+stores the teacher's own view by default (``teacher_view="teacher"``) and the student's view only
+when asked (``"student"``); see ``tinysiglip.cache.build``. Mixing backends (PIL-resized pixels
+through a torchvision processor) differs by a few intensity levels, not by float rounding.
 
 Text: captions are lowercased, right-padded to ``max_length=64`` (the text tower pools the LAST
 position, and big_vision trained with right padding; transformers' ``Siglip2Tokenizer`` defaults to
 left padding, which we override) and fed without an attention mask, as big_vision trained them.
+
+Identity: ``content_fingerprint()`` hashes the teacher's files (weights, config, processor and
+tokenizer files; ``tinysiglip.teacher.identity``), so a copied folder is the same teacher and a
+retrained one is not.
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ import torch
 from tinysiglip.errors import TinySigLIPError
 
 MAX_TEXT_LENGTH = 64
+TEACHER_VIEWS = ("teacher", "student")
+TeacherView = Literal["teacher", "student"]
 
 
 class TeacherLoadError(TinySigLIPError):
@@ -139,6 +153,7 @@ class Teacher:
     revision: str | None = None
     device: str = "cpu"
     max_length: int = MAX_TEXT_LENGTH
+    folder: Path | None = None  # where the teacher's files lie (None: built in memory)
     kind: Literal["siglip", "siglip2"] = field(init=False)
     embed_dim: int = field(init=False)
     image_size: int = field(init=False)
@@ -185,6 +200,8 @@ class Teacher:
         self.resample = _resample_code(getattr(image_processor, "resample", None))
         self.logit_scale = float(self.model.logit_scale.detach().exp().item())
         self.logit_bias = float(self.model.logit_bias.detach().item())
+        self._content_files: dict[str, str] | None = None
+        self._fingerprints: dict[str, str] | None = None
         tokenizer = self.processor.tokenizer
         # big_vision trained with right padding and pools the last position: never pad on the left.
         tokenizer.padding_side = "right"
@@ -311,10 +328,58 @@ class Teacher:
             inputs["pixel_values"] = inputs["pixel_values"].float()
         return _as_embedding(self.model.get_image_features(**inputs)).float().cpu()
 
+    # -- the two views --------------------------------------------------------------------------
+
+    @property
+    def max_num_patches(self) -> int | None:
+        """NaFlex patch budget as the processor file configures it (None for fixed-resolution teachers)."""
+        if self.kind != "siglip2":
+            return None
+        return int(
+            getattr(self.image_processor, "max_num_patches", self.model.config.vision_config.num_patches)
+        )
+
+    def views_differ(self) -> bool:
+        """True when the teacher's own view of an image is not the stored square (NaFlex teachers)."""
+        return self.kind == "siglip2"
+
+    def describe_view(self, view: TeacherView) -> str:
+        """One line for metadata and ``cache info``: how the stored image embeddings were computed."""
+        if view not in TEACHER_VIEWS:
+            raise ValueError(f"teacher view must be one of {', '.join(TEACHER_VIEWS)}, got {view!r}")
+        if not self.views_differ():
+            return "processor on the original image = the stored square (fixed-resolution teacher)"
+        if view == "teacher":
+            return (
+                f"processor on the original image: aspect ratio kept, at most {self.max_num_patches} "
+                f"patches of {self.patch_size} px (the student reads the stored {self.image_size} px square)"
+            )
+        return f"the stored {self.image_size} px square as {math.isqrt(self.max_num_patches or 0)}^2 patches"
+
+    def view_inputs(self, image) -> dict[str, torch.Tensor]:
+        """The processor's model inputs for ONE original image (batch of 1), ready for ``embed_view_inputs``.
+        Per image, so that a thread pool can prepare a batch while the model runs."""
+        inputs = self.image_processor(images=[image], return_tensors="pt")
+        return {key: value for key, value in inputs.items()}
+
+    @torch.no_grad()
+    def embed_view_inputs(self, inputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """(B, D) float32 embeddings of images prepared one by one by ``view_inputs``."""
+        batch = {key: torch.cat([item[key] for item in inputs]).to(self.device) for key in inputs[0]}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].float()
+        return _as_embedding(self.model.get_image_features(**batch)).float().cpu()
+
     # -- identity ---------------------------------------------------------------------------------
 
     def fingerprints(self) -> dict[str, str]:
-        """sha256 of the image-processor config and of the tokenizer (vocabulary + special tokens)."""
+        """sha256 of the image-processor config and of the tokenizer (vocabulary + special tokens).
+        Computed once per loaded teacher (a 256k-entry vocabulary takes seconds to serialise)."""
+        if self._fingerprints is None:
+            self._fingerprints = self._compute_fingerprints()
+        return dict(self._fingerprints)
+
+    def _compute_fingerprints(self) -> dict[str, str]:
         processor_dict = self.image_processor.to_dict()
         processor_dict.pop("_processor_class", None)
         tokenizer = self.tokenizer
@@ -333,6 +398,39 @@ class Teacher:
         }
         return {"processor": _sha256_json(processor_dict), "tokenizer": _sha256_json(tokenizer_payload)}
 
+    def content_files(self) -> dict[str, str]:
+        """{file name: sha256} of the files that make this teacher (see ``tinysiglip.teacher.identity``).
+
+        A teacher built in memory (no folder) is hashed from its state dict, config and processor
+        fingerprints instead; such a fingerprint never equals a folder's."""
+        if self._content_files is None:
+            from tinysiglip.teacher.identity import file_fingerprints
+
+            if self.folder is not None:
+                self._content_files = file_fingerprints(self.folder)
+            else:
+                self._content_files = self._in_memory_fingerprints()
+        return dict(self._content_files)
+
+    def content_fingerprint(self) -> str:
+        from tinysiglip.teacher.identity import combine
+
+        return combine(self.content_files())
+
+    def _in_memory_fingerprints(self) -> dict[str, str]:
+        weights = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        config = self.model.config.to_dict()
+        for key in ("transformers_version", "_name_or_path", "_commit_hash"):
+            config.pop(key, None)
+        return {
+            "(in memory) state_dict": weights.hexdigest(),
+            "(in memory) config": _sha256_json(config),
+            **{f"(in memory) {k}": v for k, v in self.fingerprints().items()},
+        }
+
     def info(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -350,6 +448,9 @@ class Teacher:
             "max_length": self.max_length,
             "vocab_size": int(self.model.config.text_config.vocab_size),
             "fingerprints": self.fingerprints(),
+            "content_fingerprint": self.content_fingerprint(),
+            "max_num_patches": self.max_num_patches,
+            "views_differ": self.views_differ(),
         }
 
 
@@ -392,10 +493,13 @@ def load_teacher(source: str | Path, *, revision: str | None = None, device: str
     model = model.to(device=device, dtype=torch.float32).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    from tinysiglip.teacher.identity import teacher_folder
+
     return Teacher(
         model=model,
         processor=processor,
         source=str(local.resolve()) if is_local else source_str,
         revision=revision,
         device=device,
+        folder=local.resolve() if is_local else teacher_folder(source_str, revision),
     )
