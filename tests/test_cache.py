@@ -30,7 +30,7 @@ from tinysiglip.cache import (
     pixels_to_float,
     read_meta,
 )
-from tinysiglip.data import check_images, make_shapes, open_rgb
+from tinysiglip.data import BadImageError, check_images, make_shapes, open_rgb
 from tinysiglip.errors import TinySigLIPError
 
 pytest.importorskip("transformers")
@@ -417,12 +417,13 @@ def test_damaged_contents_are_refused(reference, tmp_path):
     tampered = tmp_path / "tampered.h5"
     shutil.copy(reference, tampered)
     with h5py.File(tampered, "r+") as handle:
-        handle["image_embeds"][3] = 0
-    open_cache(tampered)  # checksums are only compared on request
-    with pytest.raises(CacheError, match="image_embeds: stored"):
+        handle["pixels"][3] = 0  # rewritten through HDF5: chunk checksums stay valid, the sha256 does not
+    open_cache(tampered)  # pixels are only re-hashed on request (embeddings are re-hashed at open)
+    with pytest.raises(CacheError, match="pixels: stored"):
         open_cache(tampered, verify=True)
 
 
+# -- torch Datasets
 # -- torch Datasets ------------------------------------------------------------------------------------
 
 
@@ -533,11 +534,11 @@ def test_bad_images_fail_or_are_skipped_and_recorded(world, teacher, tmp_path):
     dataset = replace(world["train"], records=records)
 
     out = tmp_path / "c.h5"
-    with pytest.raises(CacheError, match="skip") as error:
+    with pytest.raises(BadImageError, match="skip-bad-images") as error:
         build_cache(teacher, dataset, out, batch_size=BATCH, progress=False, num_workers=2)
-    assert str(bad_path) in str(error.value)
-    assert not out.exists()
-    partial_path(out).unlink()
+    assert str(bad_path) in str(error.value) and "1 of 20 images" in str(error.value)
+    assert not out.exists() and not partial_path(out).exists()  # checked before anything was written
+    assert (tmp_path / "c.h5.bad-images.txt").read_text().startswith(f"{bad_path}\t")
 
     checked = check_images(dataset, skip_bad=True)
     build_cache(teacher, checked, out, batch_size=BATCH, progress=False)

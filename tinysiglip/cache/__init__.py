@@ -8,6 +8,7 @@ from tinysiglip.cache.format import (
     CacheError,
     partial_path,
 )
+from tinysiglip.cache.leakage import LeakageError, LeakageReport, check_leakage
 from tinysiglip.cache.reader import (
     CachedCaptions,
     CachedImages,
@@ -23,11 +24,14 @@ __all__ = [
     "FORMAT_VERSION",
     "IDENTITY_KEYS",
     "CacheError",
+    "LeakageError",
+    "LeakageReport",
     "CachedCaptions",
     "CachedImages",
     "TeacherCache",
     "TrainPairs",
     "build_cache",
+    "check_leakage",
     "open_cache",
     "partial_path",
     "pixels_to_float",

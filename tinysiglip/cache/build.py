@@ -1,21 +1,33 @@
 """Build the teacher cache: one teacher pass over a split, resumable, completed atomically.
 
+Before anything else, every image is opened and fully decoded (in parallel); bad files stop the build
+with their count, the first 20 and the path of the full list, before the teacher is loaded and before
+any file is written (``--skip-bad-images`` leaves them out instead, recorded in the metadata).
+
 The build writes ``<out>.partial``. Every dataset is allocated in full when the partial file is
-created (no chunk is allocated later), so a batch only writes raw data, then commits its progress
-(``images_done``) in place and flushes: a process killed at any point leaves a file whose rows
-``< images_done`` are final. A rerun with the same request continues from there and overwrites
-whatever lies beyond. When every image is done, checksums are stored, ``complete`` is set, the
-file is fsynced and renamed to ``<out>`` with ``os.replace``.
+created (no chunk is allocated later, and rewriting a chunk keeps its address), so a batch only writes
+raw data, then commits its progress (``images_done``) in place and flushes: a process killed at any
+point leaves a file whose rows ``< images_done`` are final. A rerun with the same request continues
+from there and overwrites whatever lies beyond; a partial file of another request is replaced when it
+holds no finished image, and otherwise named with the command that removes it. When every image is
+done, checksums are stored, ``complete`` is set, the file is fsynced and renamed to ``<out>`` with
+``os.replace``.
+
+Teacher view (``teacher_view``): the stored image embedding is the teacher's own view of the image by
+default (its processor on the original file: for NaFlex teachers the aspect ratio is kept, within the
+processor's ``max_num_patches``), while the student reads the stored square; ``"student"`` stores the
+teacher's embedding of the square instead. Fixed-resolution teachers see the square either way.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +38,7 @@ import numpy as np
 import torch
 
 from tinysiglip.cache.format import (
+    CHECKED_DATASETS,
     DATASETS,
     EMBED_DTYPES,
     FORMAT_NAME,
@@ -36,14 +49,19 @@ from tinysiglip.cache.format import (
     package_version,
     partial_path,
     read_attrs,
+    request_fingerprint,
     request_identity,
+    teacher_provenance,
     write_attrs,
 )
+from tinysiglip.cache.leakage import pixel_dhash, pixel_sha256
 
 logger = logging.getLogger(__name__)
 
 TOKENIZE_BLOCK = 4096
 PROBE_MIN_COSINE = 0.99
+CHUNK_BYTES = 16 << 10  # row chunks of token ids and embeddings: small random reads stay cheap
+TEACHER_VIEWS = ("teacher", "student")
 
 
 def _now() -> str:
@@ -58,13 +76,24 @@ def _resolve_teacher(teacher: Any, device: str):
     return teacher
 
 
+def _row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+    return (max(1, min(int(shape[0]), CHUNK_BYTES // row_bytes)), *shape[1:])
+
+
 def _create_preallocated(
     group: h5py.Group, name: str, shape: tuple[int, ...], dtype, chunks=None
 ) -> h5py.Dataset:
-    """A dataset whose storage is allocated now and never filled: later writes touch raw data only."""
+    """A dataset whose storage is allocated now and never filled: later writes touch raw data only.
+    Datasets of ``CHECKED_DATASETS`` are chunked (rows, by ``_row_chunks`` unless given) with the
+    Fletcher-32 filter, whose fixed-size checksum keeps every rewritten chunk at its address."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if name in CHECKED_DATASETS:
+        chunks = chunks or _row_chunks(shape, np.dtype(dtype).itemsize)
     if chunks is not None:
         dcpl.set_chunk(tuple(int(c) for c in chunks))
+    if name in CHECKED_DATASETS:
+        dcpl.set_fletcher32()
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     dcpl.set_obj_track_times(False)
@@ -74,9 +103,11 @@ def _create_preallocated(
     return h5py.Dataset(dataset_id)
 
 
-def _check_arguments(dataset, batch_size: int, embed_dtype: str) -> None:
+def _check_arguments(dataset, batch_size: int, embed_dtype: str, teacher_view: str) -> None:
     if embed_dtype not in EMBED_DTYPES:
         raise CacheError(f"embed_dtype must be one of {', '.join(EMBED_DTYPES)}, got {embed_dtype!r}")
+    if teacher_view not in TEACHER_VIEWS:
+        raise CacheError(f"teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got {teacher_view!r}")
     if int(batch_size) < 1:
         raise CacheError(f"batch_size must be >= 1, got {batch_size}")
     if not dataset.records:
@@ -87,6 +118,12 @@ def _check_arguments(dataset, batch_size: int, embed_dtype: str) -> None:
             f"dataset {dataset.name}/{dataset.split}: {len(empty)} image(s) have no caption "
             f"(first image_id {empty[0]}); the loaders drop those, so this dataset was built by hand"
         )
+
+
+def bad_images_report_path(out_path: str | Path) -> Path:
+    """Where a build writes the full list of unreadable images: ``<out>.bad-images.txt``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".bad-images.txt")
 
 
 def _decode(teacher, path: Path) -> np.ndarray:
@@ -135,19 +172,61 @@ def _decoded_batches(
                     future.cancel()
 
 
+def _run_ahead(
+    job: Callable[[int], Any], bounds: list[tuple[int, int]], workers: int
+) -> Iterator[tuple[int, int, list]]:
+    """(a, b, [job(i) for i in a..b]) per batch, the next batch running in a thread pool meanwhile."""
+    if workers <= 0:
+        for a, b in bounds:
+            yield a, b, [job(i) for i in range(a, b)]
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cache-view") as pool:
+        pending: deque[tuple[int, int, list[Future]]] = deque()
+        for a, b in bounds[:2]:
+            pending.append((a, b, [pool.submit(job, i) for i in range(a, b)]))
+        queued = len(pending)
+        try:
+            while pending:
+                a, b, futures = pending.popleft()
+                if queued < len(bounds):
+                    c, d = bounds[queued]
+                    pending.append((c, d, [pool.submit(job, i) for i in range(c, d)]))
+                    queued += 1
+                yield a, b, [future.result() for future in futures]
+        finally:
+            for _, _, futures in pending:
+                for future in futures:
+                    future.cancel()
+
+
 def _to_numpy(tensor: torch.Tensor, dtype: str) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype)
+
+
+def _checked_embeddings(out: np.ndarray, rows: int, what: str, ids: Any = None) -> np.ndarray:
+    if out.ndim != 2 or out.shape[0] != rows:
+        raise CacheError(f"the teacher returned {what} of shape {tuple(out.shape)}, expected ({rows}, D)")
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        where = list(np.asarray(ids)[bad][:5]) if ids is not None else list(np.flatnonzero(bad)[:5])
+        raise CacheError(
+            f"the teacher returned non-finite {what} for {int(bad.sum())} row(s) (e.g. {where}); "
+            "nothing was written for them. A float16 overflow? Rebuild with --embed-dtype float32; "
+            "otherwise the teacher's weights are damaged."
+        )
+    return out
 
 
 def _embed_pixels(teacher, pixels: np.ndarray, dtype: str) -> np.ndarray:
     with torch.inference_mode():
         embeds = teacher.embed_pixels(torch.from_numpy(pixels))
-    out = _to_numpy(embeds, dtype)
-    if out.shape != (len(pixels), int(teacher.embed_dim)):
-        raise CacheError(
-            f"teacher.embed_pixels returned shape {tuple(out.shape)}, expected ({len(pixels)}, D)"
-        )
-    return out
+    return _checked_embeddings(_to_numpy(embeds, dtype), len(pixels), "image embeddings")
+
+
+def _embed_views(teacher, inputs: list, dtype: str) -> np.ndarray:
+    with torch.inference_mode():
+        embeds = teacher.embed_view_inputs(inputs)
+    return _checked_embeddings(_to_numpy(embeds, dtype), len(inputs), "image embeddings")
 
 
 def _embed_tokens(teacher, token_ids: np.ndarray, dtype: str, batch_size: int) -> np.ndarray:
@@ -156,16 +235,27 @@ def _embed_tokens(teacher, token_ids: np.ndarray, dtype: str, batch_size: int) -
         for start in range(0, len(token_ids), batch_size):
             ids = torch.from_numpy(token_ids[start : start + batch_size].astype(np.int64))
             parts.append(_to_numpy(teacher.embed_token_ids(ids), dtype))
-    return np.concatenate(parts) if parts else np.zeros((0, int(teacher.embed_dim)), dtype)
+    out = np.concatenate(parts) if parts else np.zeros((0, int(teacher.embed_dim)), dtype)
+    return _checked_embeddings(out, len(token_ids), "text embeddings")
 
 
-def _probe_weights(teacher, handle: h5py.File, dtype: str) -> str | None:
-    """The teacher fingerprints cover processor and tokenizer files, not the weights: embed the
-    first cached image again and compare, so a retrained teacher at the same path is noticed."""
+def _uses_original_images(teacher, teacher_view: str) -> bool:
+    views_differ = getattr(teacher, "views_differ", None)
+    return teacher_view == "teacher" and callable(views_differ) and bool(views_differ())
+
+
+def _probe_weights(teacher, handle: h5py.File, teacher_view: str, first_image: Path) -> str | None:
+    """The fingerprint covers the teacher's files, not a teacher changed in memory: embed the first
+    cached image again (in the stored view) and compare."""
     if int(handle.attrs.get("images_done", 0)) < 1:
         return None
     stored = handle["image_embeds"][0:1].astype(np.float32)
-    fresh = _embed_pixels(teacher, handle["pixels"][0:1], "float32")
+    if _uses_original_images(teacher, teacher_view):
+        from tinysiglip.data import open_rgb
+
+        fresh = _embed_views(teacher, [teacher.view_inputs(open_rgb(first_image))], "float32")
+    else:
+        fresh = _embed_pixels(teacher, handle["pixels"][0:1], "float32")
     denom = float(np.linalg.norm(stored) * np.linalg.norm(fresh)) or 1.0
     cosine = float((stored * fresh).sum()) / denom
     if cosine < PROBE_MIN_COSINE:
@@ -197,7 +287,7 @@ def _check_free_space(directory: Path, num_images: int, num_captions: int, ident
     """Pixels are allocated sparsely; fail now, not after hours, when the disk cannot hold them."""
     size, dim = int(identity["image_size"]), int(identity["embed_dim"])
     itemsize = np.dtype(identity["embed_dtype"]).itemsize
-    needed = num_images * (3 * size * size + dim * itemsize + 16) + num_captions * (
+    needed = num_images * (3 * size * size + dim * itemsize + 16 + 40) + num_captions * (
         dim * itemsize + int(identity["max_length"]) * 4 + 16 + 80
     )
     free = shutil.disk_usage(directory).free
@@ -208,7 +298,31 @@ def _check_free_space(directory: Path, num_images: int, num_captions: int, ident
         )
 
 
-def _initialise(handle: h5py.File, teacher, dataset, identity: dict, batch_size: int) -> None:
+def _teacher_facts(teacher) -> dict[str, Any]:
+    """Metadata about the teacher that is not identity: token ids, vocabulary, parameter counts."""
+    special = getattr(teacher, "special_token_ids", None)
+    tokenizer = getattr(teacher, "tokenizer", None)
+    model = getattr(teacher, "model", None)
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    teacher_params = {}
+    if model is not None:  # for the report's Params column: the teacher row costs no extra load
+        for part in ("vision_model", "text_model"):
+            tower = getattr(model, part, None)
+            if tower is not None:
+                teacher_params[part.removesuffix("_model")] = sum(p.numel() for p in tower.parameters())
+        teacher_params["total"] = sum(p.numel() for p in model.parameters())
+    return {
+        "special_token_ids": [int(t) for t in special()] if callable(special) else [],
+        "pad_token_id": _optional_int(getattr(tokenizer, "pad_token_id", None)),
+        "eos_token_id": _optional_int(getattr(tokenizer, "eos_token_id", None)),
+        "teacher_vocab_size": _optional_int(getattr(text_config, "vocab_size", None)),
+        "teacher_params": teacher_params,
+    }
+
+
+def _initialise(
+    handle: h5py.File, teacher, dataset, identity: dict, batch_size: int, notes: Mapping[str, Any]
+) -> None:
     """Write everything known before the teacher pass: ids, offsets, captions, token ids."""
     records = dataset.records
     n = len(records)
@@ -232,42 +346,34 @@ def _initialise(handle: h5py.File, teacher, dataset, identity: dict, batch_size:
     _create_preallocated(handle, "pixels", (n, 3, size, size), np.uint8, chunks=(1, 3, size, size))
     _create_preallocated(handle, "image_embeds", (n, dim), embed_dtype)
     _create_preallocated(handle, "text_embeds", (m, dim), embed_dtype)
+    _create_preallocated(handle, "pixel_sha256", (n, 32), np.uint8)
+    _create_preallocated(handle, "pixel_dhash", (n,), np.uint64)
+    handle.create_dataset(
+        "token_ids", data=token_ids, chunks=_row_chunks(token_ids.shape, 4), fletcher32=True
+    )
     handle.create_dataset("image_ids", data=np.array([r.image_id for r in records], dtype=np.int64))
     handle.create_dataset("caption_offsets", data=offsets)
     handle.create_dataset("caption_image_index", data=np.repeat(np.arange(n, dtype=np.int64), counts))
-    handle.create_dataset("token_ids", data=token_ids)
     handle.create_dataset("captions", data=captions, dtype=h5py.string_dtype("utf-8"))
     handle.create_dataset("token_ids_present", data=present)
 
-    special = getattr(teacher, "special_token_ids", None)
-    tokenizer = getattr(teacher, "tokenizer", None)
-    model_config = getattr(getattr(teacher, "model", None), "config", None)
-    text_config = getattr(model_config, "text_config", None)
-    vocab_size = getattr(text_config, "vocab_size", None)
-    model = getattr(teacher, "model", None)
-    teacher_params = {}
-    if model is not None:  # for the report's Params column: the teacher row costs no extra load
-        for part in ("vision_model", "text_model"):
-            tower = getattr(model, part, None)
-            if tower is not None:
-                teacher_params[part.removesuffix("_model")] = sum(p.numel() for p in tower.parameters())
-        teacher_params["total"] = sum(p.numel() for p in model.parameters())
     write_attrs(
         handle.attrs,
         {
             "format": FORMAT_NAME,
             **identity,
+            "request_fingerprint": request_fingerprint(identity),
+            **teacher_provenance(teacher, identity["teacher_view"]),
+            **_teacher_facts(teacher),
+            **dict(notes),
             "annotation_file": str(dataset.annotation_file),
             "skipped_images": [[str(p), str(reason)] for p, reason in dataset.skipped],
+            "excluded_images": getattr(dataset, "excluded", None),
             "num_skipped_images": len(dataset.skipped),
             "num_images": n,
             "num_captions": m,
             "num_token_ids_present": len(present),
-            "special_token_ids": [int(t) for t in special()] if callable(special) else [],
-            "pad_token_id": _optional_int(getattr(tokenizer, "pad_token_id", None)),
-            "eos_token_id": _optional_int(getattr(tokenizer, "eos_token_id", None)),
-            "teacher_vocab_size": _optional_int(vocab_size),
-            "teacher_params": teacher_params,
+            "checked_datasets": {name: "fletcher32" for name in CHECKED_DATASETS},
             "dtypes": {
                 "pixels": "uint8",
                 "image_embeds": embed_dtype,
@@ -278,6 +384,8 @@ def _initialise(handle: h5py.File, teacher, dataset, identity: dict, batch_size:
                 "caption_image_index": "int64",
                 "captions": "utf-8",
                 "token_ids_present": "int64",
+                "pixel_sha256": "uint8",
+                "pixel_dhash": "uint64",
             },
             "tinysiglip_version": package_version(),
             "created_at": _now(),
@@ -316,6 +424,58 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def _existing_complete(out: Path, teacher, identity: dict, teacher_view: str, first_image: Path) -> None:
+    """Raise unless ``out`` is a complete cache of exactly this request."""
+    meta, readable = _read_identity_of(out)
+    if not readable or not meta.get("complete"):
+        raise CacheError(
+            f"{out} exists but is not a complete teacher cache (unreadable or unfinished). "
+            f"Delete it (`rm {shlex.quote(str(out))}`) or choose another output path."
+        )
+    differences = diff_meta(identity, meta)
+    if not differences:
+        with h5py.File(out, "r") as handle:
+            probe = _probe_weights(teacher, handle, teacher_view, first_image)
+        if probe:
+            differences.append(probe)
+    if differences:
+        raise CacheError(
+            f"{out} already exists but was built for a different request:\n  "
+            + "\n  ".join(differences)
+            + f"\nDelete it (`rm {shlex.quote(str(out))}`) or choose another output path."
+        )
+
+
+def _usable_partial(partial: Path, identity: dict) -> bool:
+    """True when ``partial`` is a resumable build of this request. A partial build of another request
+    is replaced when it holds no finished image, and otherwise refused with the command that removes it."""
+    if not partial.exists():
+        return False
+    meta, readable = _read_identity_of(partial)
+    if not (readable and meta.get("initialised") and meta.get("format_version") == FORMAT_VERSION):
+        logger.warning("restarting %s: it holds no usable progress", partial)
+        return False
+    differences = diff_meta(identity, meta)
+    if not differences:
+        return True
+    done = int(meta.get("images_done", 0))
+    if done == 0:
+        logger.warning(
+            "replacing %s: an unfinished build of another request with no finished image (%s)",
+            partial,
+            "; ".join(differences),
+        )
+        return False
+    raise CacheError(
+        f"{partial} is an unfinished build of a different request ({done} of "
+        f"{meta.get('num_images', '?')} images done):\n  "
+        + "\n  ".join(differences)
+        + "\nRerun with the original arguments to finish it"
+        + (f" (`{meta['build_command']}`)" if meta.get("build_command") else "")
+        + f", or remove it to start over with these: `rm {shlex.quote(str(partial))}`"
+    )
+
+
 def build_cache(
     teacher,
     dataset,
@@ -326,120 +486,157 @@ def build_cache(
     device: str = "cpu",
     progress: bool = True,
     num_workers: int | None = None,
+    teacher_view: str = "teacher",
+    notes: Mapping[str, Any] | None = None,
 ) -> Path:
     """Run the teacher once over ``dataset`` and store pixels, token ids and embeddings in ``out_path``.
 
-    ``teacher`` is a ``Teacher`` or a source for ``load_teacher`` (loaded on ``device``).
-    Resumable: rerunning after an interruption continues from the last committed batch. An
-    existing complete cache built for the same request is returned as is; one built for another
-    request (teacher, dataset, dtype, ...) is an error naming every difference.
-    ``num_workers`` image-decoding threads (default ``min(4, cpus)``; 0 decodes inline).
+    ``teacher`` is a ``Teacher`` or a source for ``load_teacher`` (loaded on ``device`` after every
+    image was checked). Resumable: rerunning after an interruption continues from the last committed
+    batch. An existing complete cache built for the same request is returned as is; one built for
+    another request (teacher, dataset, view, dtype, ...) is an error naming every difference.
+    ``teacher_view``: "teacher" (default) or "student", see the module doc. ``notes``: extra
+    metadata (e.g. ``build_command``, ``excluded_images``). ``num_workers`` image-decoding threads
+    (default ``min(4, cpus)``; 0 decodes inline).
     """
     from tqdm.auto import tqdm
 
+    from tinysiglip.data import check_images
+
     out = Path(out_path)
-    _check_arguments(dataset, batch_size, embed_dtype)
-    teacher = _resolve_teacher(teacher, device)
-    identity = request_identity(teacher, dataset, embed_dtype)
+    _check_arguments(dataset, batch_size, embed_dtype, teacher_view)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+    if not out.exists() and not getattr(dataset, "images_checked", False):
+        dataset = check_images(dataset, skip_bad=False, report_path=bad_images_report_path(out))
+    teacher = _resolve_teacher(teacher, device)
+    identity = request_identity(teacher, dataset, embed_dtype, teacher_view)
+    first_image = Path(dataset.records[0].path)
 
     if out.exists():
-        meta, readable = _read_identity_of(out)
-        if not readable or not meta.get("complete"):
-            raise CacheError(
-                f"{out} exists but is not a complete teacher cache (unreadable or unfinished). "
-                "Delete it or choose another output path."
-            )
-        differences = diff_meta(identity, meta)
-        if not differences:
-            with h5py.File(out, "r") as handle:
-                probe = _probe_weights(teacher, handle, embed_dtype)
-            if probe:
-                differences.append(probe)
-        if differences:
-            raise CacheError(
-                f"{out} already exists but was built for a different request:\n  "
-                + "\n  ".join(differences)
-                + "\nDelete it or choose another output path."
-            )
+        _existing_complete(out, teacher, identity, teacher_view, first_image)
         logger.info("teacher cache %s is already complete for this request", out)
         return out
 
     partial = partial_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    resume = False
-    if partial.exists():
-        meta, readable = _read_identity_of(partial)
-        if readable and meta.get("initialised") and meta.get("format_version") == FORMAT_VERSION:
-            differences = diff_meta(identity, meta)
-            if differences:
-                raise CacheError(
-                    f"{partial} is an unfinished build of a different request:\n  "
-                    + "\n  ".join(differences)
-                    + f"\nRerun with the original arguments to finish it, or delete {partial} to start "
-                    "over with these."
-                )
-            resume = True
-        else:
-            # Killed before its first commit (or unreadable): it holds no finished image.
-            logger.warning("restarting %s: it holds no usable progress", partial)
-
+    resume = _usable_partial(partial, identity)
     if not resume:
         _check_free_space(out.parent, len(dataset.records), dataset.num_captions, identity)
     started = time.monotonic()
+    try:
+        _run_build(
+            partial,
+            out,
+            teacher,
+            dataset,
+            identity,
+            resume,
+            int(batch_size),
+            workers,
+            notes or {},
+            progress,
+            tqdm,
+        )
+    except BaseException:
+        _drop_if_empty(partial)
+        raise
+    if not partial.exists():  # pragma: no cover - _run_build either finishes it or raises
+        raise CacheError(f"{partial} vanished during the build")
+    _fsync(partial)
+    os.replace(partial, out)
+    _fsync_dir(out.parent)
+    logger.info("teacher cache written: %s (%.1fs)", out, time.monotonic() - started)
+    return out
+
+
+def _drop_if_empty(partial: Path) -> None:
+    """A partial build that finished no image holds nothing worth keeping: remove it."""
+    if not partial.exists():
+        return
+    meta, readable = _read_identity_of(partial)
+    if not readable or int(meta.get("images_done", 0) or 0) == 0:
+        try:
+            partial.unlink()
+            logger.info("removed %s: the build stopped before finishing any image", partial)
+        except OSError:  # pragma: no cover - nothing to lose either way
+            pass
+
+
+def _run_build(
+    partial: Path,
+    out: Path,
+    teacher,
+    dataset,
+    identity: dict,
+    resume: bool,
+    batch_size: int,
+    workers: int,
+    notes: Mapping[str, Any],
+    progress: bool,
+    tqdm,
+) -> None:
+    started = time.monotonic()
+    embed_dtype = identity["embed_dtype"]
+    teacher_view = identity["teacher_view"]
+    paths = [Path(r.path) for r in dataset.records]
     with h5py.File(partial, "r+" if resume else "w", libver=("earliest", "v110")) as handle:
         if resume:
-            probe = _probe_weights(teacher, handle, embed_dtype)
+            probe = _probe_weights(teacher, handle, teacher_view, paths[0])
             if probe:
                 raise CacheError(
                     f"{partial} is an unfinished build of a different teacher:\n  {probe}\n"
-                    f"Delete {partial} to start over."
+                    f"Remove it to start over: `rm {shlex.quote(str(partial))}`"
                 )
         else:
-            _initialise(handle, teacher, dataset, identity, batch_size)
+            _initialise(handle, teacher, dataset, identity, batch_size, notes)
         n = int(handle.attrs["num_images"])
         done = int(handle.attrs["images_done"])
         if done:
             logger.info("resuming %s at image %d of %d", partial, done, n)
         offsets = handle["caption_offsets"][:]
         token_ids = handle["token_ids"]
-        paths = [Path(r.path) for r in dataset.records]
         build_seconds = float(handle.attrs.get("build_seconds", 0.0))
+        views = None
+        if _uses_original_images(teacher, teacher_view):
+            from tinysiglip.data import open_rgb
+
+            bounds = [(a, min(a + batch_size, n)) for a in range(done, n, batch_size)]
+            views = _run_ahead(lambda i: teacher.view_inputs(open_rgb(paths[i])), bounds, workers)
         bar = tqdm(total=n, initial=done, unit="img", desc=f"teacher cache {out.name}", disable=not progress)
         try:
-            for a, b, pixels in _decoded_batches(teacher, paths, done, int(batch_size), workers):
-                image_embeds = _embed_pixels(teacher, pixels, embed_dtype)
+            for a, b, pixels in _decoded_batches(teacher, paths, done, batch_size, workers):
+                if views is not None:
+                    view_a, view_b, inputs = next(views)
+                    assert (view_a, view_b) == (a, b), "teacher-view batches out of step with pixel batches"
+                    image_embeds = _embed_views(teacher, inputs, embed_dtype)
+                else:
+                    image_embeds = _embed_pixels(teacher, pixels, embed_dtype)
                 c0, c1 = int(offsets[a]), int(offsets[b])
-                text_embeds = _embed_tokens(teacher, token_ids[c0:c1], embed_dtype, int(batch_size))
+                text_embeds = _embed_tokens(teacher, token_ids[c0:c1], embed_dtype, batch_size)
                 handle["pixels"][a:b] = pixels
                 handle["image_embeds"][a:b] = image_embeds
                 handle["text_embeds"][c0:c1] = text_embeds
+                handle["pixel_sha256"][a:b] = pixel_sha256(pixels)
+                handle["pixel_dhash"][a:b] = pixel_dhash(pixels)
                 handle.flush()  # rows first, then the counter that declares them final
                 handle.attrs.modify("build_seconds", build_seconds + time.monotonic() - started)
                 handle.attrs.modify("images_done", b)
                 handle.flush()
                 bar.update(b - a)
         except Exception as error:
-            if isinstance(error, CacheError):
-                raise
             from tinysiglip.data import BadImageError
 
-            if isinstance(error, BadImageError):
+            if isinstance(error, BadImageError):  # changed on disk after the check
                 raise CacheError(
-                    f"{error}\nThe cache build stopped; its progress is kept in {partial}. Fix the image, "
-                    "or check and skip bad images first (check_images(dataset, skip_bad=True) / "
-                    f"`tinysiglip cache build --skip-bad-images`); skipping changes the image list, so "
-                    f"delete {partial} before that rerun."
+                    f"{error}\nThe cache build stopped; finished images are kept in {partial}. Fix the image "
+                    "and rerun, or rerun with --skip-bad-images (that changes the image list: remove the "
+                    f"partial build first, `rm {shlex.quote(str(partial))}`)."
                 ) from error
             raise
         finally:
             bar.close()
+            if views is not None:
+                views.close()
         if int(handle.attrs["images_done"]) != n:  # pragma: no cover - the loop covers every row
             raise CacheError(f"{partial}: build ended at image {handle.attrs['images_done']} of {n}")
         _finalise(handle)
-
-    _fsync(partial)
-    os.replace(partial, out)
-    _fsync_dir(out.parent)
-    logger.info("teacher cache written: %s", out)
-    return out

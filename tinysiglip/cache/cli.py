@@ -43,9 +43,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--batch-size", type=int, default=64, help="teacher batch size (default 64)")
     build.add_argument("--embed-dtype", choices=EMBED_DTYPES, default="float16", help="embedding dtype")
     build.add_argument(
+        "--teacher-view",
+        choices=("teacher", "student"),
+        default="teacher",
+        help="which view of each image the stored teacher embedding is: 'teacher' (default), the "
+        "teacher's processor on the original image (NaFlex teachers keep the aspect ratio), or 'student', "
+        "the stored square the student reads. Fixed-resolution teachers see the square either way.",
+    )
+    build.add_argument(
+        "--exclude-karpathy",
+        metavar="FILE",
+        help="leave out the images of the val and test splits of this Karpathy split file "
+        "(e.g. train on captions_train2017.json minus the Karpathy 5k test set)",
+    )
+    build.add_argument(
+        "--exclude-splits",
+        default="val,test",
+        help="with --exclude-karpathy: which of its splits to leave out (default val,test)",
+    )
+    build.add_argument(
+        "--exclude-ids", metavar="FILE", help="leave out these image ids (JSON list, or one id per line)"
+    )
+    build.add_argument(
         "--skip-bad-images",
         action="store_true",
-        help="decode every image first and leave out unreadable ones (recorded in the cache metadata)",
+        help="leave out images that cannot be decoded (recorded in the cache metadata); without it, "
+        "every image is decoded first and any bad one stops the build before the teacher loads",
     )
     build.add_argument("--device", default="cpu", help="torch device for the teacher (default cpu)")
     build.add_argument("--num-workers", type=int, default=None, help="image decoding threads")
@@ -63,41 +86,81 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_dataset(args: argparse.Namespace):
-    from tinysiglip.data import check_images, load_coco_captions, load_karpathy_split
+    from tinysiglip.data import (
+        exclude_images,
+        karpathy_image_ids,
+        load_coco_captions,
+        load_karpathy_split,
+        read_image_id_list,
+    )
+    from tinysiglip.errors import TinySigLIPError
 
     if args.karpathy:
         if not args.split:
-            raise SystemExit("tinysiglip cache build: --split is required with --karpathy")
+            raise TinySigLIPError("tinysiglip cache build: --split is required with --karpathy")
         dataset = load_karpathy_split(args.karpathy, args.images, args.split, name=args.name)
     else:
         dataset = load_coco_captions(args.coco_captions, args.images, name=args.name, split=args.split)
-    if args.skip_bad_images:
-        dataset = check_images(dataset, skip_bad=True)
+    ids: set[int] = set()
+    sources = []
+    if args.exclude_karpathy:
+        splits = tuple(s.strip() for s in args.exclude_splits.split(",") if s.strip())
+        ids |= karpathy_image_ids(args.exclude_karpathy, splits)
+        sources.append(f"{args.exclude_karpathy} ({'+'.join(splits)})")
+    if args.exclude_ids:
+        ids |= read_image_id_list(args.exclude_ids)
+        sources.append(str(args.exclude_ids))
+    if sources:
+        dataset = exclude_images(dataset, ids, source="; ".join(sources))
+        print(
+            f"left out {dataset.excluded['count']} image(s) listed in {dataset.excluded['source']}",
+            flush=True,
+        )
     return dataset
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tinysiglip.cache.build import build_cache
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from tinysiglip.cache.build import bad_images_report_path, build_cache
     from tinysiglip.cache.reader import open_cache
+    from tinysiglip.data import check_images
     from tinysiglip.teacher import load_teacher
 
-    dataset = _load_dataset(args)
-    teacher = load_teacher(args.teacher, revision=args.revision, device=args.device)
     started = time.perf_counter()
+    dataset = _load_dataset(args)
+    out = Path(args.out)
+    if args.skip_bad_images or not out.exists():  # decode every image before the teacher loads
+        print(f"checking {len(dataset.records)} images ...", flush=True)
+        dataset = check_images(
+            dataset, skip_bad=args.skip_bad_images, report_path=bad_images_report_path(out)
+        )
+        if dataset.skipped:
+            print(
+                f"skipping {len(dataset.skipped)} bad image(s) (recorded in the cache metadata)", flush=True
+            )
+    teacher = load_teacher(args.teacher, revision=args.revision, device=args.device)
+    command = (
+        "tinysiglip " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["cache"] else None
+    )
     out = build_cache(
         teacher,
         dataset,
-        args.out,
+        out,
         batch_size=args.batch_size,
         embed_dtype=args.embed_dtype,
         device=args.device,
         progress=not args.no_progress,
         num_workers=args.num_workers,
+        teacher_view=args.teacher_view,
+        notes={"build_command": command} if command else None,
     )
     cache = open_cache(out)
     print(
         f"teacher cache {out}: {cache.num_images} images, {cache.num_captions} captions, "
-        f"embed_dim {cache.embed_dim}, image_size {cache.image_size}, "
+        f"embed_dim {cache.embed_dim}, image_size {cache.image_size}, teacher view {cache.meta['teacher_view']}, "
         f"{cache.meta.get('num_skipped_images', 0)} skipped images ({time.perf_counter() - started:.1f}s)"
     )
     return 0
@@ -124,6 +187,21 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(meta, indent=2, sort_keys=True))
         return 0
     print(f"teacher cache {path}")
+    summary = (
+        (
+            "teacher",
+            f"{meta.get('teacher_source')} ({meta.get('teacher_kind')}, {meta.get('teacher_fingerprint')})",
+        ),
+        ("teacher view", f"{meta.get('teacher_view')}: {meta.get('teacher_view_detail')}"),
+        (
+            "data",
+            f"{meta.get('dataset_name')}/{meta.get('split')}: {meta.get('num_images')} images, "
+            f"{meta.get('num_captions')} captions, {meta.get('num_skipped_images', 0)} skipped, "
+            f"{(meta.get('excluded_images') or {}).get('count', 0)} excluded",
+        ),
+    )
+    for label, value in summary:
+        print(f"  {label:<13} {value}")
     if not meta.get("complete"):
         print(f"  INCOMPLETE: {meta.get('images_done', '?')} of {meta.get('num_images', '?')} images done")
     for key in sorted(meta):

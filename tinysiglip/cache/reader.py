@@ -20,9 +20,11 @@ from torch.utils.data import Dataset
 
 from tinysiglip.cache.format import (
     DATASETS,
+    EMBEDDING_DATASETS,
     FORMAT_NAME,
     FORMAT_VERSION,
     CacheError,
+    checksum_and_nonfinite_rows,
     dataset_checksum,
     diff_meta,
     expected_shapes,
@@ -158,6 +160,26 @@ class TeacherCache:
     def image_ids(self) -> np.ndarray:
         return self._h5()["image_ids"][:].astype(np.int64)
 
+    def pixel_sha256(self) -> np.ndarray:
+        """(N, 32) uint8: sha256 of each stored image (for the leakage check)."""
+        return self._h5()["pixel_sha256"][:]
+
+    def pixel_dhash(self) -> np.ndarray:
+        """(N,) uint64: difference hash of each stored image (near-duplicate search)."""
+        return self._h5()["pixel_dhash"][:].astype(np.uint64)
+
+    def training_record(self) -> dict[str, Any]:
+        """What a student trained on this cache records, so that ``eval`` can refuse caches of
+        another teacher, image size or embedding width."""
+        keys = ("teacher_fingerprint", "teacher_kind", "teacher_view", "embed_dim", "image_size")
+        return {
+            "path": str(self.path),
+            **{key: self.meta.get(key) for key in keys},
+            "teacher_source": self.meta.get("teacher_source"),
+            "dataset_name": self.meta.get("dataset_name"),
+            "request_fingerprint": self.meta.get("request_fingerprint"),
+        }
+
     def token_ids(self) -> np.ndarray:
         """(M, L) int64 teacher token ids."""
         return self._h5()["token_ids"][:].astype(np.int64)
@@ -193,7 +215,11 @@ class TeacherCache:
         bad = []
         for name in DATASETS:
             want = stored.get(name)
-            have = dataset_checksum(handle[name])
+            try:
+                have = dataset_checksum(handle[name])
+            except OSError as error:  # a chunk failed its Fletcher-32 check
+                bad.append(f"{name}: a stored chunk is damaged ({error})")
+                continue
             if want != have:
                 bad.append(f"{name}: stored {want}, computed {have}")
         if bad:
@@ -251,14 +277,84 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         return read_attrs(handle.attrs)
 
 
+def rebuild_command(path: Path, meta: Mapping[str, Any]) -> str:
+    """The command that rebuilds a cache, as exactly as its metadata allows."""
+    if meta.get("build_command"):
+        return f"rm {_quote(path)} && {meta['build_command']}"
+    annotation = meta.get("annotation_file", "<captions or Karpathy file>")
+    source = f"--coco-captions {_quote(annotation)}"
+    if str(meta.get("dataset_name")) == "coco" and "dataset_" in Path(str(annotation)).name:
+        source = f"--karpathy {_quote(annotation)} --split {meta.get('split', '<split>')}"
+    return (
+        f"rm {_quote(path)} && tinysiglip cache build --teacher {_quote(meta.get('teacher_source', '<teacher>'))} "
+        f"{source} --images <image folder> --name {meta.get('dataset_name', 'coco')} --out {_quote(path)}"
+    )
+
+
+def _quote(value: Any) -> str:
+    import shlex
+
+    return shlex.quote(str(value))
+
+
+# Embedding tables verified in this process: (path, inode, size, mtime) -> True. A file changed in
+# place gets a new mtime and is checked again.
+_VERIFIED: dict[tuple[str, int, int, int], bool] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _check_embeddings(path: Path, handle: h5py.File, meta: Mapping[str, Any]) -> None:
+    """Re-hash the embedding tables against the checksums stored at completion and refuse NaN/inf.
+    Reading them also verifies their Fletcher-32 chunk checksums."""
+    key = _file_key(path)
+    if _VERIFIED.get(key):
+        return
+    stored = meta.get("checksums") or {}
+    problems = []
+    for name in EMBEDDING_DATASETS:
+        try:
+            have, nonfinite, rows = checksum_and_nonfinite_rows(handle[name])
+        except OSError as error:  # a chunk failed its Fletcher-32 check
+            problems.append(f"dataset {name!r}: {error}")
+            continue
+        if nonfinite:
+            problems.append(
+                f"dataset {name!r} holds non-finite values (NaN/inf) in {nonfinite} row(s), e.g. {rows}"
+            )
+        if stored.get(name) != have:
+            problems.append(f"dataset {name!r}: checksum {have} differs from the stored {stored.get(name)}")
+    present = handle["token_ids_present"][:]
+    vocab = meta.get("teacher_vocab_size")
+    if present.size and (present.min() < 0 or (vocab is not None and present.max() >= int(vocab))):
+        problems.append(f"dataset 'token_ids_present' holds ids outside [0, {vocab})")
+    if problems:
+        raise CacheError(
+            f"teacher cache {path} is damaged (its contents changed since it was written):\n  "
+            + "\n  ".join(problems)
+            + f"\nRebuild it: {rebuild_command(path, meta)}"
+        )
+    _VERIFIED[key] = True
+
+
 def open_cache(
-    path: str | Path, *, expect: Mapping[str, Any] | None = None, verify: bool = False
+    path: str | Path,
+    *,
+    expect: Mapping[str, Any] | None = None,
+    verify: bool = False,
+    check_embeddings: bool = True,
 ) -> TeacherCache:
     """Open a teacher cache after checking that it is complete, of this format, has every dataset
-    at the recorded size, and (``expect``) was built from what the caller expects: keys such as
-    ``teacher_source``, ``teacher_fingerprints``, ``dataset_fingerprint``, ``split``,
-    ``image_size``, ``embed_dim`` are compared with the metadata and every difference is reported.
-    ``verify=True`` also re-hashes every dataset against the stored checksums."""
+    at the recorded size, holds embeddings that match their stored checksums and are finite
+    (``check_embeddings``; once per file and process), and (``expect``) was built from what the
+    caller expects: keys such as ``teacher_fingerprint``, ``teacher_source`` (compared by the content
+    of its files), ``dataset_fingerprint``, ``split``, ``image_size``, ``embed_dim``,
+    ``teacher_view`` are compared with the metadata and every difference is reported.
+    ``verify=True`` also re-hashes every dataset against the stored checksums (``cache verify``).
+    Pixels and token ids are checked chunk by chunk (Fletcher-32) whenever they are read."""
     path = Path(path)
     with _open_h5(path) as handle:
         meta = read_attrs(handle.attrs)
@@ -267,9 +363,17 @@ def open_cache(
                 f"{path} is an HDF5 file but not a tinysiglip teacher cache (format attribute "
                 f"{meta.get('format')!r}). Check the path."
             )
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if isinstance(version, int) and version < FORMAT_VERSION:
             raise CacheError(
-                f"teacher cache {path} has format version {meta.get('format_version')!r}; this tinysiglip "
+                f"teacher cache {path} has format version {version}, written by tinysiglip "
+                f"{meta.get('tinysiglip_version', '?')}: it has no per-chunk checksums, no per-image hashes "
+                "for the leakage check, and names its teacher by path rather than content, so it cannot "
+                f"be trusted. Rebuild it (format {FORMAT_VERSION}): {rebuild_command(path, meta)}"
+            )
+        if version != FORMAT_VERSION:
+            raise CacheError(
+                f"teacher cache {path} has format version {version!r}; this tinysiglip "
                 f"({meta.get('tinysiglip_version', '?')} wrote it) reads version {FORMAT_VERSION}. "
                 "Rebuild it with this version of tinysiglip (delete it first)."
             )
@@ -295,8 +399,10 @@ def open_cache(
             raise CacheError(
                 f"teacher cache {path} is damaged:\n  "
                 + "\n  ".join(problems)
-                + f"\nDelete it and rebuild it ({BUILD_HINT})."
+                + f"\nRebuild it: {rebuild_command(path, meta)}"
             )
+        if check_embeddings:
+            _check_embeddings(path, handle, meta)
     if expect:
         differences = diff_meta(dict(expect), meta)
         if differences:

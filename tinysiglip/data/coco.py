@@ -195,3 +195,49 @@ def load_karpathy_split(
         skipped=[],
         annotation_sha256=sha256,
     )
+
+
+def karpathy_image_ids(split_file: str | Path, splits: tuple[str, ...] = ("val", "test")) -> set[int]:
+    """COCO image ids (``cocoid``, else ``imgid``) of the given splits of Karpathy's file, e.g. to
+    leave the 5k test images out of a ``captions_train2017.json`` train cache."""
+    unknown = [s for s in splits if s not in KARPATHY_SPLITS]
+    if unknown:
+        raise DatasetError(
+            f"unknown Karpathy split(s) {unknown}; valid splits are {', '.join(KARPATHY_SPLITS)}"
+        )
+    split_file = Path(split_file).expanduser().absolute()
+    data, _ = _read_json(split_file, "Karpathy split file")
+    images = _top_level_list(data, "images", split_file, "Karpathy split file (dataset_coco.json)")
+    ids = set()
+    for index, image in enumerate(images):
+        where = f"images[{index}]"
+        if _field(image, "split", str, where, split_file) in splits:
+            id_key = "cocoid" if isinstance(image, dict) and "cocoid" in image else "imgid"
+            ids.add(_field(image, id_key, int, where, split_file))
+    return ids
+
+
+def read_image_id_list(path: str | Path) -> set[int]:
+    """Image ids from a file: a JSON list of ints, or one id per line (``#`` starts a comment)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"image id list not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path} is not a valid JSON list of image ids ({error.msg})") from error
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise DatasetError(f"{path}: every entry of the JSON list must be an integer image id")
+        return set(values)
+    ids = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            ids.add(int(line))
+        except ValueError:
+            raise DatasetError(f"{path}, line {number}: {line!r} is not an integer image id") from None
+    return ids

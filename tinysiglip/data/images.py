@@ -73,8 +73,10 @@ def open_rgb(path: str | Path) -> Image.Image:
 
 
 def _problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used (None when it can): a full decode, so truncated files and garbage
+    bytes are found too, not only missing files."""
     if not path.is_file():
-        return "file not found"
+        return "file not found" if not path.exists() else "not a regular file"
     try:
         with Image.open(path) as image:  # header read
             image.load()  # full decode
@@ -83,31 +85,61 @@ def _problem(path: Path) -> str | None:
     return None
 
 
-def check_images(dataset: CaptionDataset, *, skip_bad: bool, workers: int | None = None) -> CaptionDataset:
-    """Open and decode every image of ``dataset`` before hours of teacher inference depend on it.
+def write_bad_image_list(bad: list[tuple[Path, str]], report_path: Path) -> Path:
+    """Every bad image as ``path<TAB>reason`` lines (the error message lists only the first 20)."""
+    report_path = Path(report_path)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text("".join(f"{path}\t{reason}\n" for path, reason in bad), encoding="utf-8")
+    return report_path
 
-    With ``skip_bad=False`` any bad image raises one ``BadImageError`` that lists every bad path
-    (the first 20 and a count). With ``skip_bad=True`` it returns a new dataset without them, with
-    ``skipped`` holding (path, reason), and logs how many were left out.
-    """
-    paths = [record.path for record in dataset.records]
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers > 1 and len(paths) > 64:
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decoders release the GIL
-            problems = list(pool.map(_problem, paths, chunksize=32))
+
+def find_bad_images(paths: list[Path], *, workers: int | None = None) -> list[tuple[Path, str]]:
+    """(path, reason) of every image that cannot be decoded, in the order given; decoded in a thread
+    pool (PIL's decoders release the GIL)."""
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    if workers > 1 and len(paths) > 16:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check-images") as pool:
+            problems = list(pool.map(_problem, paths, chunksize=8))
     else:
         problems = [_problem(path) for path in paths]
+    return [(path, reason) for path, reason in zip(paths, problems, strict=True) if reason is not None]
 
-    bad = [(path, reason) for path, reason in zip(paths, problems, strict=True) if reason is not None]
+
+def check_images(
+    dataset: CaptionDataset,
+    *,
+    skip_bad: bool,
+    workers: int | None = None,
+    report_path: str | Path | None = None,
+) -> CaptionDataset:
+    """Open and fully decode every image of ``dataset`` before hours of teacher inference depend on it.
+
+    With ``skip_bad=False`` any bad image raises one ``BadImageError`` with the number of bad files,
+    the first 20 with their reasons, and the path of the full list (``report_path``, or a file in the
+    temporary folder). With ``skip_bad=True`` it returns a new dataset without them, with ``skipped``
+    holding (path, reason), and logs how many were left out. Either way the returned dataset is
+    marked ``images_checked``.
+    """
+    paths = [record.path for record in dataset.records]
+    bad = find_bad_images(paths, workers=workers)
     if not bad:
-        return dataset
+        return dataset if dataset.images_checked else replace(dataset, images_checked=True)
     if not skip_bad:
+        if report_path is None:
+            import tempfile
+
+            handle, name = tempfile.mkstemp(prefix="tinysiglip-bad-images-", suffix=".txt")
+            os.close(handle)
+            report_path = Path(name)
+        written = write_bad_image_list(bad, Path(report_path))
         listed = "\n".join(f"  {path}: {reason}" for path, reason in bad[:MAX_LISTED])
         more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise BadImageError(
             f"{len(bad)} of {len(paths)} images of {dataset.name}/{dataset.split} "
             f"({dataset.annotation_file}) cannot be read:\n{listed}{more}\n"
-            "Fix or remove them, or skip them (skip_bad=True / --skip-bad-images)."
+            f"Full list ({len(bad)} lines, path<TAB>reason): {written}\n"
+            "Nothing was built. Fix or remove them, or leave them out with --skip-bad-images "
+            "(check_images(..., skip_bad=True)); the skipped files are recorded in the cache metadata."
         )
     bad_paths = {path for path, _ in bad}
     logger.warning(
@@ -123,4 +155,5 @@ def check_images(dataset: CaptionDataset, *, skip_bad: bool, workers: int | None
         dataset,
         records=[record for record in dataset.records if record.path not in bad_paths],
         skipped=list(dataset.skipped) + bad,
+        images_checked=True,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tinysiglip.errors import TinySigLIPError
@@ -42,6 +42,10 @@ class CaptionDataset:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason) of images left out
     # sha256 of the annotation file's bytes as the loader read them; None: hash the file when asked
     annotation_sha256: str | None = field(default=None, repr=False)
+    # True once check_images decoded every image of ``records`` (a build then skips its own check)
+    images_checked: bool = field(default=False, repr=False, compare=False)
+    # what was left out on purpose (exclude_images): {"source": ..., "count": n, "ids": [...first few]}
+    excluded: dict | None = field(default=None, repr=False, compare=False)
 
     def fingerprint(self) -> str:
         """Identify the exact data a cache was built from.
@@ -73,3 +77,12 @@ class CaptionDataset:
             f"captions={self.num_captions}, skipped={len(self.skipped)}, "
             f"annotation_file={str(self.annotation_file)!r})"
         )
+
+
+def exclude_images(dataset: CaptionDataset, image_ids: set[int], *, source: str) -> CaptionDataset:
+    """``dataset`` without the images whose id is in ``image_ids`` (e.g. Karpathy's val/test images out
+    of a train2017 train set); ``excluded`` records how many and why, for the cache metadata."""
+    kept = [r for r in dataset.records if r.image_id not in image_ids]
+    removed = sorted(r.image_id for r in dataset.records if r.image_id in image_ids)
+    excluded = {"source": source, "count": len(removed), "listed": len(image_ids), "ids": removed[:20]}
+    return replace(dataset, records=kept, excluded=excluded)
