@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -103,25 +104,126 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="Recall@1/5/10 of a student checkpoint (or of the teacher) on a cache",
         description=(
-            "Evaluate image-text retrieval on a teacher cache. Give --student DIR (a trained student folder or a "
-            "run's checkpoint folder) or --teacher to score the teacher from its cached embeddings."
+            "Evaluate image-text retrieval on a teacher cache. Give --student DIR (a run folder, its "
+            "student/ or its checkpoint/ folder) or --teacher to score the teacher from its cached embeddings. "
+            "A cache of another teacher, teacher view, image size or embedding width than the student's "
+            "training caches is refused, and so is one that shares images with the student's training cache."
         ),
     )
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--student", help="student folder (run_dir/student or run_dir/checkpoint)")
+    who.add_argument("--student", help="run_dir, run_dir/student or run_dir/checkpoint")
     who.add_argument("--teacher", action="store_true", help="score the cached teacher embeddings")
     parser.add_argument("--cache", required=True, help="HDF5 teacher cache of the split to evaluate")
     parser.add_argument("--json", dest="json_out", help="also write the metrics as JSON here")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
+    parser.add_argument(
+        "--train-cache",
+        help="the student's training cache, for the leakage check (default: the one it recorded)",
+    )
+    parser.add_argument(
+        "--allow-cache-mismatch",
+        action="store_true",
+        help="evaluate although the cache's teacher, view, image size or width differs from the student's",
+    )
+    parser.add_argument(
+        "--allow-leakage",
+        action="store_true",
+        help="evaluate although the cache shares images with the student's training cache (reported)",
+    )
     parser.set_defaults(func=_run_eval)
+
+
+def _student_folder(given: str) -> Path:
+    """run_dir, run_dir/student or run_dir/checkpoint -> the folder holding student_config.json."""
+    from tinysiglip.students.model import CONFIG_NAME
+
+    path = Path(given).expanduser()
+    if not path.exists():
+        raise TinySigLIPError(f"--student {given}: no such folder")
+    for folder in (path, path / "student", path / "checkpoint"):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    if (path / "trainer_state.json").is_file():
+        raise TinySigLIPError(
+            f"--student {given}: this checkpoint was written before checkpoints recorded the student's "
+            f"architecture ({CONFIG_NAME}); evaluate the run's exported student ({path.parent / 'student'}), "
+            "or rerun `tinysiglip train` with the same --run-dir to resave it"
+        )
+    raise TinySigLIPError(
+        f"--student {given}: not a student folder (no {CONFIG_NAME} in it, nor in its student/ or "
+        "checkpoint/ subfolder); give the run folder of `tinysiglip train`, its student/ or its checkpoint/"
+    )
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise TinySigLIPError(
+            f"--device {name!r} is not a torch device ({error}); use cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TinySigLIPError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def _check_student_cache(model, cache, args: argparse.Namespace) -> dict:
+    """Refuse a cache of another teacher/view/size/width and one that leaks the student's training
+    images (unless overridden); returns what was checked, for the JSON output."""
+    from tinysiglip.cache import check_leakage
+    from tinysiglip.cache.format import student_cache_mismatches
+
+    record = dict(model.config.get("training_cache") or {})
+    record.setdefault("embed_dim", model.config.get("embed_dim"))
+    record.setdefault("image_size", model.config.get("image_size"))
+    checks: dict = {"training_cache": record or None}
+    mismatches = student_cache_mismatches(record, cache.meta)
+    if "teacher_fingerprint" not in record:
+        print(
+            "warning: the student records no teacher fingerprint (trained before they were recorded); "
+            "only the image size and embedding width were checked",
+            file=sys.stderr,
+        )
+    if mismatches and not args.allow_cache_mismatch:
+        raise TinySigLIPError(
+            f"{args.cache} is not a cache the student {args.student} can be evaluated on:\n  "
+            + "\n  ".join(mismatches)
+            + "\nEvaluate it on a cache of its own teacher (same view, size and width), or pass "
+            "--allow-cache-mismatch to evaluate anyway (the mismatch is reported)."
+        )
+    checks["cache_mismatches"] = mismatches
+    train_path = args.train_cache or record.get("path")
+    if train_path and Path(train_path).is_file():
+        report = check_leakage(
+            train_path, {"eval": cache}, allow=args.allow_leakage, override_hint="pass --allow-leakage"
+        )
+        checks["leakage"] = report.as_record()
+    else:
+        print(
+            f"warning: leakage not checked: the student's training cache {train_path!r} is not here "
+            "(point to it with --train-cache)",
+            file=sys.stderr,
+        )
+        checks["leakage"] = None
+    return checks
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from tinysiglip.cache import open_cache
     from tinysiglip.evaluate import format_metrics, retrieval_metrics
 
+    if args.json_out:  # fail before the evaluation, not after it
+        json_out = Path(args.json_out).expanduser()
+        if json_out.is_dir() or not json_out.parent.is_dir() or not os.access(json_out.parent, os.W_OK):
+            raise TinySigLIPError(
+                f"--json {args.json_out}: cannot write a file there (a folder, or a folder that does not "
+                "exist or is not writable)"
+            )
+    cache = open_cache(args.cache)
+    checks: dict = {}
     if args.teacher:
-        cache = open_cache(args.cache)
         metrics = retrieval_metrics(cache.image_embeds(), cache.text_embeds(), cache.caption_image_index())
         metrics["mean_r1"] = (metrics["i2t_r1"] + metrics["t2i_r1"]) / 2
         title = f"teacher {cache.meta.get('teacher_source')} on {args.cache}"
@@ -129,12 +231,17 @@ def _run_eval(args: argparse.Namespace) -> int:
         from tinysiglip.students import load_student
         from tinysiglip.train import evaluate_student
 
-        model = load_student(args.student).to(args.device)
-        metrics = evaluate_student(model, args.cache, device=args.device)
+        device = _device(args.device)
+        model = load_student(_student_folder(args.student)).to(device)
+        checks = _check_student_cache(model, cache, args)
+        metrics = evaluate_student(model, args.cache, device=device)
         title = f"student {args.student} on {args.cache}"
     print(format_metrics(metrics, title))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(metrics, indent=2))
+        try:
+            Path(args.json_out).expanduser().write_text(json.dumps({**metrics, "checks": checks}, indent=2))
+        except OSError as error:
+            raise TinySigLIPError(f"--json {args.json_out}: {error.strerror or error}") from error
     return 0
 
 

@@ -132,9 +132,24 @@ class LocalWorld:
         if split not in SPLITS:
             raise LocalWorldError(f"unknown split {split!r}; the local world has {', '.join(SPLITS)}")
         out = self.base / "caches" / teacher / f"{split}.h5"
-        if out.exists():
-            return out
         teacher_dir = self.teacher_path(teacher)
+        if out.exists():
+            from tinysiglip.cache import CacheError, open_cache
+
+            try:  # full checks: what we call ready must be complete, intact and of this teacher
+                expect = {
+                    "teacher_source": str(teacher_dir),
+                    "dataset_fingerprint": self.dataset(split).fingerprint(),
+                }
+                open_cache(out, expect=expect, verify=True).close()
+                return out
+            except CacheError as error:
+                rejected = out.with_name(out.name + ".rejected")
+                print(
+                    f"[local world] rebuilding {out}: {error}\n(the old file is kept as {rejected})",
+                    flush=True,
+                )
+                os.replace(out, rejected)
         out.parent.mkdir(parents=True, exist_ok=True)
         if self.progress:
             print(f"[local world] building the {split} cache of {teacher} at {out}", flush=True)

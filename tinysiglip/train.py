@@ -269,15 +269,12 @@ def _checkpoint_dir(run_dir: Path) -> Path:
 
 def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict[str, Any], config: dict) -> None:
     """Write into a fresh folder, then swap it in, so a kill mid-save leaves the previous checkpoint."""
-    from safetensors.torch import save_file
-
     final = _checkpoint_dir(run_dir)
     staging = run_dir / "checkpoint.tmp"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(staging / "model.safetensors"))
+    model.save_pretrained(staging)  # weights, vocab and student_config.json: `eval --student` loads it
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -287,7 +284,6 @@ def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict[str
         staging / "optimizer.pt",
     )
     (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    model.vocab.save(staging / "vocab.json")
     (staging / "trainer_state.json").write_text(json.dumps(state, indent=2))
     old = run_dir / "checkpoint.old"
     if final.exists():
@@ -347,7 +343,7 @@ def run_training(
 
     ``report(event)`` is called after every evaluation; returning True stops the run (pruning).
     """
-    from tinysiglip.cache import TrainPairs, open_cache
+    from tinysiglip.cache import TrainPairs, check_leakage, open_cache
     from tinysiglip.students import create_student
 
     started = time.time()
@@ -375,11 +371,14 @@ def run_training(
     train_cache = open_cache(data["train_cache"], expect=expect or None)
     same_teacher = {
         key: train_cache.meta.get(key)
-        for key in ("teacher_source", "teacher_fingerprints", "embed_dim", "image_size")
+        for key in ("teacher_fingerprint", "teacher_view", "teacher_fingerprints", "embed_dim", "image_size")
     }
     for key in ("val_cache", "test_cache"):
         if data.get(key):  # evaluation caches must come from the same teacher as the training cache
             open_cache(data[key], expect=same_teacher)
+    leakage = check_leakage(
+        train_cache, {"val": data["val_cache"], "test": data["test_cache"]}, allow=data["allow_leakage"]
+    )
     vocab = _make_vocab(train_cache)
     model = create_student(
         config["student"]["name"],
@@ -390,6 +389,7 @@ def run_training(
         scale=config["student"]["scale"],
         **dict(config["student"]["overrides"] or {}),
     ).to(device)
+    model.config["training_cache"] = train_cache.training_record()  # eval refuses caches of other teachers
     with torch.no_grad():
         model.logit_scale.fill_(math.log(float(config["loss"]["init_logit_scale"])))
         model.logit_bias.fill_(float(config["loss"]["init_logit_bias"]))
@@ -440,6 +440,7 @@ def run_training(
         "device": str(device),
         "config": config,
         "resumed_from_epoch": state["epoch"] if resumed else None,
+        "leakage": leakage.as_record(),
     }
     direction = config["objective"]["direction"]
     metric = config["objective"]["metric"]

@@ -384,6 +384,8 @@ def load_student(load_dir: str | Path, *, map_location: str | torch.device = "cp
     model.config["pretrained"] = bool(config.get("pretrained", False))
     if config.get("extra"):
         model.config["extra"] = config["extra"]
+    if config.get("training_cache"):  # teacher fingerprint, view, width, size of its training cache
+        model.config["training_cache"] = config["training_cache"]
     state = load_file(str(load_dir / WEIGHTS_NAME), device="cpu")
     model.load_state_dict(state, strict=True)
     model.to(map_location)
