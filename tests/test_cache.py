@@ -613,11 +613,93 @@ def test_cli_karpathy_split_and_partial_info(world, tmp_path, capsys):
 
 
 def test_not_enough_disk_space_is_refused_before_building(world, teacher, tmp_path, monkeypatch):
-    import tinysiglip.cache.build as build_module
+    import tinysiglip.cache.files as files_module
 
     monkeypatch.setattr(
-        build_module.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000)
+        files_module.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000)
     )
     with pytest.raises(CacheError, match="not enough disk space"):
         build_cache(teacher, world["train"], tmp_path / "c.h5", progress=False)
     assert not partial_path(tmp_path / "c.h5").exists()
+
+
+# -- bad images all at once, partial builds of other requests (issue 10) ---------------------------------
+
+
+def test_every_bad_image_is_reported_at_once_before_the_teacher_loads(world, tmp_path, monkeypatch, capsys):
+    from tinysiglip.cli import main
+
+    image_dir = tmp_path / "images"
+    shutil.copytree(world["shapes"].image_roots["train"], image_dir)
+    names = sorted(p.name for p in image_dir.iterdir())
+    for name in names[:3]:  # missing
+        (image_dir / name).unlink()
+    truncated = image_dir / names[3]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    (image_dir / names[4]).write_bytes(os.urandom(3000))
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded although images are bad")
+
+    monkeypatch.setattr("tinysiglip.teacher.load_teacher", no_teacher)
+    out = tmp_path / "c.h5"
+    argv = ["cache", "build", "--teacher", str(world["teachers"]["siglip"]), "--coco-captions"]
+    argv += [str(world["shapes"].annotation_file("train")), "--images", str(image_dir), "--out", str(out)]
+    assert main(argv + ["--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "5 of 20 images of coco/train" in error
+    assert error.count("file not found") == 3 and "OSError" in error and "UnidentifiedImageError" in error
+    listing = tmp_path / "c.h5.bad-images.txt"
+    assert f"Full list (5 lines, path<TAB>reason): {listing}" in error
+    assert len(listing.read_text().splitlines()) == 5
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_bad_image_message_lists_the_first_20_and_the_count(world, tmp_path):
+    records = [replace(r, path=tmp_path / f"gone_{i}.jpg") for i, r in enumerate(world["train"].records)]
+    dataset = replace(world["train"], records=records * 2)
+    with pytest.raises(BadImageError) as error:
+        check_images(dataset, skip_bad=False, report_path=tmp_path / "list.txt")
+    message = str(error.value)
+    assert "40 of 40 images" in message and message.count("file not found") == 20
+    assert "... and 20 more" in message and len((tmp_path / "list.txt").read_text().splitlines()) == 40
+
+
+def test_a_failed_first_batch_leaves_no_partial(world, teacher, tmp_path, monkeypatch):
+    out = tmp_path / "c.h5"
+    interrupt_after(monkeypatch, teacher, batches=0)
+    with pytest.raises(Interrupt):
+        build_cache(teacher, world["train"], out, batch_size=BATCH, progress=False)
+    assert not partial_path(out).exists()
+
+
+def test_partial_of_another_request_is_replaced_when_empty(world, teacher, reference, tmp_path, monkeypatch):
+    out = tmp_path / "c.h5"
+    interrupt_after(monkeypatch, teacher, batches=1)
+    with pytest.raises(Interrupt):
+        build_cache(teacher, world["train"], out, batch_size=BATCH, progress=False)
+    monkeypatch.undo()
+    with h5py.File(partial_path(out), "r+") as handle:  # as if it had stopped before its first batch
+        handle.attrs.modify("images_done", 0)
+    smaller = replace(world["train"], records=world["train"].records[:12])  # e.g. after --skip-bad-images
+    build_cache(teacher, smaller, out, batch_size=BATCH, progress=False)
+    assert open_cache(out).num_images == 12
+
+
+def test_partial_of_another_request_with_progress_names_the_rm_command(world, teacher, tmp_path, monkeypatch):
+    out = tmp_path / "c.h5"
+    interrupt_after(monkeypatch, teacher, batches=1)
+    with pytest.raises(Interrupt):
+        build_cache(teacher, world["train"], out, batch_size=BATCH, progress=False)
+    monkeypatch.undo()
+    smaller = replace(world["train"], records=world["train"].records[:12])
+    with pytest.raises(CacheError, match="8 of 20 images done") as error:
+        build_cache(teacher, smaller, out, batch_size=BATCH, progress=False)
+    assert f"`rm {partial_path(out)}`" in str(error.value)
+
+
+def test_cache_info_shows_the_teacher_view(reference, capsys):
+    assert run_cli("cache", "info", str(reference)) == 0
+    printed = capsys.readouterr().out
+    assert "teacher view  teacher: processor on the original image = the stored square" in printed
+    assert "request_fingerprint: sha256:" in printed and "teacher_fingerprint: sha256:" in printed

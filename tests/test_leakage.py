@@ -75,7 +75,7 @@ def test_identical_pixels_under_another_id_are_refused(world, tmp_path):
         check_leakage(out, {"val": world["caches"]["val"]})
 
 
-def test_reencoded_copy_is_reported_as_near_duplicate_not_refused(tmp_path, caplog):
+def test_reencoded_copy_is_reported_as_near_duplicate_not_refused(tmp_path):
     teacher = load_teacher(save_tiny_teacher(tmp_path / "teacher", image_size=32))
     photos = write_photos(tmp_path / "val", [(640, 427), (375, 500), (500, 333)], seed=3)
     val = load_coco_captions(write_coco_captions(tmp_path / "captions_val.json", photos), tmp_path / "val")
@@ -93,7 +93,7 @@ def test_reencoded_copy_is_reported_as_near_duplicate_not_refused(tmp_path, capl
     report = check_leakage(caches["train"], {"val": caches["val"]})
     assert not report.leaked
     assert report.as_record()["splits"]["val"]["near_duplicates"] == 1
-    assert "1 of 3 images are near-duplicates of train images (e.g. 1 ~ train 777)" in caplog.text
+    assert "1 of 3 images are near-duplicates of train images (e.g. 1 ~ train 777)" in report.describe_near()
 
 
 def test_train_refuses_leakage_and_records_the_override(world, tmp_path):

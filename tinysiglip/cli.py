@@ -200,6 +200,10 @@ def _check_student_cache(model, cache, args: argparse.Namespace) -> dict:
             train_path, {"eval": cache}, allow=args.allow_leakage, override_hint="pass --allow-leakage"
         )
         checks["leakage"] = report.as_record()
+        if report.describe_near():
+            print(
+                f"note: near-duplicates (reported, not refused):\n{report.describe_near()}", file=sys.stderr
+            )
     else:
         print(
             f"warning: leakage not checked: the student's training cache {train_path!r} is not here "

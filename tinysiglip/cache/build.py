@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -37,18 +36,25 @@ import h5py
 import numpy as np
 import torch
 
+from tinysiglip.cache.files import (
+    bad_images_report_path,
+    check_free_space,
+    drop_if_empty,
+    fsync,
+    fsync_dir,
+    read_identity_of,
+    usable_partial,
+)
 from tinysiglip.cache.format import (
     CHECKED_DATASETS,
     DATASETS,
     EMBED_DTYPES,
     FORMAT_NAME,
-    FORMAT_VERSION,
     CacheError,
     dataset_checksum,
     diff_meta,
     package_version,
     partial_path,
-    read_attrs,
     request_fingerprint,
     request_identity,
     teacher_provenance,
@@ -118,12 +124,6 @@ def _check_arguments(dataset, batch_size: int, embed_dtype: str, teacher_view: s
             f"dataset {dataset.name}/{dataset.split}: {len(empty)} image(s) have no caption "
             f"(first image_id {empty[0]}); the loaders drop those, so this dataset was built by hand"
         )
-
-
-def bad_images_report_path(out_path: str | Path) -> Path:
-    """Where a build writes the full list of unreadable images: ``<out>.bad-images.txt``."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name + ".bad-images.txt")
 
 
 def _decode(teacher, path: Path) -> np.ndarray:
@@ -266,36 +266,8 @@ def _probe_weights(teacher, handle: h5py.File, teacher_view: str, first_image: P
     return None
 
 
-def _read_identity_of(path: Path) -> tuple[dict[str, Any], bool]:
-    """(metadata, openable) of an existing cache file; raises CacheError for locked files."""
-    try:
-        with h5py.File(path, "r") as handle:
-            return read_attrs(handle.attrs), True
-    except OSError as error:
-        if "lock" in str(error).lower():
-            raise CacheError(
-                f"{path} is open for writing by another process (another cache build?): {error}"
-            ) from error
-        return {}, False
-
-
 def _optional_int(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) else None
-
-
-def _check_free_space(directory: Path, num_images: int, num_captions: int, identity: dict) -> None:
-    """Pixels are allocated sparsely; fail now, not after hours, when the disk cannot hold them."""
-    size, dim = int(identity["image_size"]), int(identity["embed_dim"])
-    itemsize = np.dtype(identity["embed_dtype"]).itemsize
-    needed = num_images * (3 * size * size + dim * itemsize + 16 + 40) + num_captions * (
-        dim * itemsize + int(identity["max_length"]) * 4 + 16 + 80
-    )
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise CacheError(
-            f"not enough disk space in {directory} for the teacher cache: about {needed / 1e9:.2f} GB "
-            f"needed, {free / 1e9:.2f} GB free. Free some space or choose another output path."
-        )
 
 
 def _teacher_facts(teacher) -> dict[str, Any]:
@@ -409,30 +381,15 @@ def _finalise(handle: h5py.File) -> None:
     handle.flush()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync(path)
-    except OSError:  # not supported everywhere (Windows); the rename itself is still atomic
-        pass
-
-
 def _existing_complete(out: Path, teacher, identity: dict, teacher_view: str, first_image: Path) -> None:
     """Raise unless ``out`` is a complete cache of exactly this request."""
-    meta, readable = _read_identity_of(out)
+    meta, readable = read_identity_of(out)
     if not readable or not meta.get("complete"):
         raise CacheError(
             f"{out} exists but is not a complete teacher cache (unreadable or unfinished). "
             f"Delete it (`rm {shlex.quote(str(out))}`) or choose another output path."
         )
-    differences = diff_meta(identity, meta)
+    differences = diff_meta({**identity, "teacher_files": teacher.content_files()}, meta)
     if not differences:
         with h5py.File(out, "r") as handle:
             probe = _probe_weights(teacher, handle, teacher_view, first_image)
@@ -444,36 +401,6 @@ def _existing_complete(out: Path, teacher, identity: dict, teacher_view: str, fi
             + "\n  ".join(differences)
             + f"\nDelete it (`rm {shlex.quote(str(out))}`) or choose another output path."
         )
-
-
-def _usable_partial(partial: Path, identity: dict) -> bool:
-    """True when ``partial`` is a resumable build of this request. A partial build of another request
-    is replaced when it holds no finished image, and otherwise refused with the command that removes it."""
-    if not partial.exists():
-        return False
-    meta, readable = _read_identity_of(partial)
-    if not (readable and meta.get("initialised") and meta.get("format_version") == FORMAT_VERSION):
-        logger.warning("restarting %s: it holds no usable progress", partial)
-        return False
-    differences = diff_meta(identity, meta)
-    if not differences:
-        return True
-    done = int(meta.get("images_done", 0))
-    if done == 0:
-        logger.warning(
-            "replacing %s: an unfinished build of another request with no finished image (%s)",
-            partial,
-            "; ".join(differences),
-        )
-        return False
-    raise CacheError(
-        f"{partial} is an unfinished build of a different request ({done} of "
-        f"{meta.get('num_images', '?')} images done):\n  "
-        + "\n  ".join(differences)
-        + "\nRerun with the original arguments to finish it"
-        + (f" (`{meta['build_command']}`)" if meta.get("build_command") else "")
-        + f", or remove it to start over with these: `rm {shlex.quote(str(partial))}`"
-    )
 
 
 def build_cache(
@@ -519,9 +446,9 @@ def build_cache(
 
     partial = partial_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    resume = _usable_partial(partial, identity)
+    resume = usable_partial(partial, identity)
     if not resume:
-        _check_free_space(out.parent, len(dataset.records), dataset.num_captions, identity)
+        check_free_space(out.parent, len(dataset.records), dataset.num_captions, identity)
     started = time.monotonic()
     try:
         _run_build(
@@ -538,28 +465,15 @@ def build_cache(
             tqdm,
         )
     except BaseException:
-        _drop_if_empty(partial)
+        drop_if_empty(partial)
         raise
     if not partial.exists():  # pragma: no cover - _run_build either finishes it or raises
         raise CacheError(f"{partial} vanished during the build")
-    _fsync(partial)
+    fsync(partial)
     os.replace(partial, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     logger.info("teacher cache written: %s (%.1fs)", out, time.monotonic() - started)
     return out
-
-
-def _drop_if_empty(partial: Path) -> None:
-    """A partial build that finished no image holds nothing worth keeping: remove it."""
-    if not partial.exists():
-        return
-    meta, readable = _read_identity_of(partial)
-    if not readable or int(meta.get("images_done", 0) or 0) == 0:
-        try:
-            partial.unlink()
-            logger.info("removed %s: the build stopped before finishing any image", partial)
-        except OSError:  # pragma: no cover - nothing to lose either way
-            pass
 
 
 def _run_build(

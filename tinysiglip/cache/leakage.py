@@ -229,13 +229,14 @@ def check_leakage(
     image id or identical stored pixels, naming the count and a few ids, unless ``allow``.
 
     ``eval_caches``: {"val": path or TeacherCache or None, "test": ...}; None entries are skipped.
-    Near-duplicates are logged, never refused. Returns the report for the run record."""
+    Near-duplicates are never refused (``report.describe_near()`` lists them). Returns the report for
+    the run record."""
     train = _open(train_cache)
     splits = [find_overlap(train, cache, split) for split, cache in eval_caches.items() if cache is not None]
     report = LeakageReport(train_path=str(train.path), splits=splits, allowed=bool(allow))
     near = report.describe_near()
-    if near:
-        logger.warning("near-duplicate images between train and evaluation caches (not refused):\n%s", near)
+    if near:  # callers that talk to people print report.describe_near(); runs record the counts
+        logger.info("near-duplicate images between train and evaluation caches (not refused):\n%s", near)
     if report.leaked and not allow:
         raise LeakageError(
             f"train/test leakage: the train cache {train.path} holds evaluation images:\n"

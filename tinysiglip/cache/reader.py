@@ -20,17 +20,16 @@ from torch.utils.data import Dataset
 
 from tinysiglip.cache.format import (
     DATASETS,
-    EMBEDDING_DATASETS,
     FORMAT_NAME,
     FORMAT_VERSION,
     CacheError,
-    checksum_and_nonfinite_rows,
     dataset_checksum,
     diff_meta,
     expected_shapes,
     partial_path,
     read_attrs,
 )
+from tinysiglip.cache.integrity import rebuild_command, verify_embeddings
 
 # Chunk cache per open dataset: a few pixel chunks (one image each) plus contiguous reads.
 DEFAULT_RDCC_NBYTES = 16 << 20
@@ -277,69 +276,6 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         return read_attrs(handle.attrs)
 
 
-def rebuild_command(path: Path, meta: Mapping[str, Any]) -> str:
-    """The command that rebuilds a cache, as exactly as its metadata allows."""
-    if meta.get("build_command"):
-        return f"rm {_quote(path)} && {meta['build_command']}"
-    annotation = meta.get("annotation_file", "<captions or Karpathy file>")
-    source = f"--coco-captions {_quote(annotation)}"
-    if str(meta.get("dataset_name")) == "coco" and "dataset_" in Path(str(annotation)).name:
-        source = f"--karpathy {_quote(annotation)} --split {meta.get('split', '<split>')}"
-    return (
-        f"rm {_quote(path)} && tinysiglip cache build --teacher {_quote(meta.get('teacher_source', '<teacher>'))} "
-        f"{source} --images <image folder> --name {meta.get('dataset_name', 'coco')} --out {_quote(path)}"
-    )
-
-
-def _quote(value: Any) -> str:
-    import shlex
-
-    return shlex.quote(str(value))
-
-
-# Embedding tables verified in this process: (path, inode, size, mtime) -> True. A file changed in
-# place gets a new mtime and is checked again.
-_VERIFIED: dict[tuple[str, int, int, int], bool] = {}
-
-
-def _file_key(path: Path) -> tuple[str, int, int, int]:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def _check_embeddings(path: Path, handle: h5py.File, meta: Mapping[str, Any]) -> None:
-    """Re-hash the embedding tables against the checksums stored at completion and refuse NaN/inf.
-    Reading them also verifies their Fletcher-32 chunk checksums."""
-    key = _file_key(path)
-    if _VERIFIED.get(key):
-        return
-    stored = meta.get("checksums") or {}
-    problems = []
-    for name in EMBEDDING_DATASETS:
-        try:
-            have, nonfinite, rows = checksum_and_nonfinite_rows(handle[name])
-        except OSError as error:  # a chunk failed its Fletcher-32 check
-            problems.append(f"dataset {name!r}: {error}")
-            continue
-        if nonfinite:
-            problems.append(
-                f"dataset {name!r} holds non-finite values (NaN/inf) in {nonfinite} row(s), e.g. {rows}"
-            )
-        if stored.get(name) != have:
-            problems.append(f"dataset {name!r}: checksum {have} differs from the stored {stored.get(name)}")
-    present = handle["token_ids_present"][:]
-    vocab = meta.get("teacher_vocab_size")
-    if present.size and (present.min() < 0 or (vocab is not None and present.max() >= int(vocab))):
-        problems.append(f"dataset 'token_ids_present' holds ids outside [0, {vocab})")
-    if problems:
-        raise CacheError(
-            f"teacher cache {path} is damaged (its contents changed since it was written):\n  "
-            + "\n  ".join(problems)
-            + f"\nRebuild it: {rebuild_command(path, meta)}"
-        )
-    _VERIFIED[key] = True
-
-
 def open_cache(
     path: str | Path,
     *,
@@ -402,7 +338,7 @@ def open_cache(
                 + f"\nRebuild it: {rebuild_command(path, meta)}"
             )
         if check_embeddings:
-            _check_embeddings(path, handle, meta)
+            verify_embeddings(path, handle, meta)
     if expect:
         differences = diff_meta(dict(expect), meta)
         if differences:

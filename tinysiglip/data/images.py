@@ -117,13 +117,14 @@ def check_images(
     With ``skip_bad=False`` any bad image raises one ``BadImageError`` with the number of bad files,
     the first 20 with their reasons, and the path of the full list (``report_path``, or a file in the
     temporary folder). With ``skip_bad=True`` it returns a new dataset without them, with ``skipped``
-    holding (path, reason), and logs how many were left out. Either way the returned dataset is
-    marked ``images_checked``.
+    holding (path, reason), and logs how many were left out. A dataset without bad images is
+    returned as is; either way the result is marked ``images_checked``.
     """
     paths = [record.path for record in dataset.records]
     bad = find_bad_images(paths, workers=workers)
     if not bad:
-        return dataset if dataset.images_checked else replace(dataset, images_checked=True)
+        dataset.images_checked = True  # the same records, now known to decode: the same dataset
+        return dataset
     if not skip_bad:
         if report_path is None:
             import tempfile
@@ -151,9 +152,10 @@ def check_images(
         bad[0][0],
         bad[0][1],
     )
-    return replace(
+    kept = replace(
         dataset,
         records=[record for record in dataset.records if record.path not in bad_paths],
         skipped=list(dataset.skipped) + bad,
-        images_checked=True,
     )
+    kept.images_checked = True
+    return kept

@@ -42,8 +42,9 @@ class CaptionDataset:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason) of images left out
     # sha256 of the annotation file's bytes as the loader read them; None: hash the file when asked
     annotation_sha256: str | None = field(default=None, repr=False)
-    # True once check_images decoded every image of ``records`` (a build then skips its own check)
-    images_checked: bool = field(default=False, repr=False, compare=False)
+    # True once check_images decoded every image of ``records`` (a build then skips its own check).
+    # Not an init field: ``dataclasses.replace`` (new records) resets it to False.
+    images_checked: bool = field(default=False, init=False, repr=False, compare=False)
     # what was left out on purpose (exclude_images): {"source": ..., "count": n, "ids": [...first few]}
     excluded: dict | None = field(default=None, repr=False, compare=False)
 

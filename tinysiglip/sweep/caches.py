@@ -98,6 +98,10 @@ def check_study_caches(study, paths: dict[CacheKey, Path], expected: dict[str, d
             allow=allow,
             override_hint="set data.allow_leakage: true in the study's defaults",
         )
+        if report.describe_near():
+            echo(
+                f"[caches] {teacher}/{dataset}: near-duplicates (reported, not refused):\n{report.describe_near()}"
+            )
         if report.leaked:
             echo(
                 f"[caches] {teacher}/{dataset}: train/test leakage ALLOWED by data.allow_leakage:\n{report.describe()}"

@@ -117,9 +117,15 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"kind        {info['kind']} ({info['model_class']})")
     print(f"embed dim   {info['embed_dim']}")
     print(f"image size  {info['image_size']} px (patch {info['patch_size']}, resample {info['resample']})")
+    if info["views_differ"]:
+        print(
+            f"views       NaFlex: its processor keeps the aspect ratio within {info['max_num_patches']} patches; "
+            f"the cache stores that view by default, the student reads the {info['image_size']} px square"
+        )
     print(f"mean / std  {info['image_mean']} / {info['image_std']}")
     print(f"logits      scale {info['logit_scale']:.4f}  bias {info['logit_bias']:.4f}")
     print(f"text        max length {info['max_length']}, vocab {info['vocab_size']}")
     for name, digest in info["fingerprints"].items():
         print(f"fingerprint {name:<10} {digest}")
+    print(f"content     {info['content_fingerprint']} (weights, config, processor and tokenizer files)")
     return 0

@@ -1,0 +1,74 @@
+"""Integrity checks a cache passes when opened: embedding checksums and finiteness (once per file and
+process), token ids within the vocabulary, and the command that rebuilds a cache that fails them."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from tinysiglip.cache.format import EMBEDDING_DATASETS, CacheError, checksum_and_nonfinite_rows
+
+
+def rebuild_command(path: Path, meta: Mapping[str, Any]) -> str:
+    """The command that rebuilds a cache, as exactly as its metadata allows."""
+    if meta.get("build_command"):
+        return f"rm {_quote(path)} && {meta['build_command']}"
+    annotation = meta.get("annotation_file", "<captions or Karpathy file>")
+    source = f"--coco-captions {_quote(annotation)}"
+    if Path(str(annotation)).name.startswith("dataset_"):
+        source = f"--karpathy {_quote(annotation)} --split {meta.get('split', '<split>')}"
+    return (
+        f"rm {_quote(path)} && tinysiglip cache build --teacher {_quote(meta.get('teacher_source', '<teacher>'))} "
+        f"{source} --images <image folder> --name {meta.get('dataset_name', 'coco')} --out {_quote(path)}"
+    )
+
+
+def _quote(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+# Embedding tables verified in this process: (path, inode, size, mtime) -> True. A file changed in
+# place gets a new mtime and is checked again.
+_VERIFIED: dict[tuple[str, int, int, int], bool] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def verify_embeddings(path: Path, handle: h5py.File, meta: Mapping[str, Any]) -> None:
+    """Re-hash the embedding tables against the checksums stored at completion and refuse NaN/inf.
+    Reading them also verifies their Fletcher-32 chunk checksums."""
+    key = _file_key(path)
+    if _VERIFIED.get(key):
+        return
+    stored = meta.get("checksums") or {}
+    problems = []
+    for name in EMBEDDING_DATASETS:
+        try:
+            have, nonfinite, rows = checksum_and_nonfinite_rows(handle[name])
+        except OSError as error:  # a chunk failed its Fletcher-32 check
+            problems.append(f"dataset {name!r}: {error}")
+            continue
+        if nonfinite:
+            problems.append(
+                f"dataset {name!r} holds non-finite values (NaN/inf) in {nonfinite} row(s), e.g. {rows}"
+            )
+        if stored.get(name) != have:
+            problems.append(f"dataset {name!r}: checksum {have} differs from the stored {stored.get(name)}")
+    present = handle["token_ids_present"][:]
+    vocab = meta.get("teacher_vocab_size")
+    if present.size and (present.min() < 0 or (vocab is not None and present.max() >= int(vocab))):
+        problems.append(f"dataset 'token_ids_present' holds ids outside [0, {vocab})")
+    if problems:
+        raise CacheError(
+            f"teacher cache {path} is damaged (its contents changed since it was written):\n  "
+            + "\n  ".join(problems)
+            + f"\nRebuild it: {rebuild_command(path, meta)}"
+        )
+    _VERIFIED[key] = True
