@@ -154,30 +154,28 @@ def main(argv: list[str] | None = None) -> int:
 
     results["5b caches of local-s in local-m's place, local world"] = outcome(swapped)
 
-    def truncated():
-        train = caches / "local-m" / "train.h5"
-        data = train.read_bytes()
-        train.write_bytes(data[: len(data) // 2])
-        path = world.cache_path("local-m", "train")
+    def damaged_and_reopened(split: str, damage) -> str:
+        cache = caches / "local-m" / f"{split}.h5"
+        damage(cache)
+        path = world.cache_path("local-m", split)
         try:
             open_cache(path)
         except Exception:  # noqa: BLE001
             return "ACCEPTED (called ready, cannot be opened)"
-        return "REBUILT" if path.with_name("train.h5.rejected").exists() else "ACCEPTED"
+        return "REBUILT" if path.with_name(f"{split}.h5.rejected").exists() else "ACCEPTED"
 
-    results["5c truncated train.h5, `local-world` calls it ready"] = outcome(truncated)
+    def truncate(path: Path) -> None:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
-    def garbage():
-        val = caches / "local-m" / "val.h5"
-        val.write_bytes(os.urandom(8192))
-        path = world.cache_path("local-m", "val")
-        try:
-            open_cache(path)
-        except Exception:  # noqa: BLE001
-            return "ACCEPTED (called ready, cannot be opened)"
-        return "REBUILT" if path.with_name("val.h5.rejected").exists() else "ACCEPTED"
+    def garble(path: Path) -> None:
+        path.write_bytes(os.urandom(8192))
 
-    results["5d garbage val.h5, `local-world` calls it ready"] = outcome(garbage)
+    results["5c truncated train.h5, `local-world` calls it ready"] = outcome(
+        lambda: damaged_and_reopened("train", truncate)
+    )
+    results["5d garbage val.h5, `local-world` calls it ready"] = outcome(
+        lambda: damaged_and_reopened("val", garble)
+    )
 
     for fault, result in results.items():
         print(f"{fault:<72} {result}")

@@ -27,6 +27,15 @@ def rebuild_command(path: Path, meta: Mapping[str, Any]) -> str:
     )
 
 
+def damaged(path: Path, meta: Mapping[str, Any], problems: list[str], why: str = "") -> CacheError:
+    """The error for a cache that fails a check: every problem, and the command that rebuilds it."""
+    return CacheError(
+        f"teacher cache {path} is damaged{f' ({why})' if why else ''}:\n  "
+        + "\n  ".join(problems)
+        + f"\nRebuild it: {rebuild_command(path, meta)}"
+    )
+
+
 def _quote(value: Any) -> str:
     return shlex.quote(str(value))
 
@@ -66,9 +75,5 @@ def verify_embeddings(path: Path, handle: h5py.File, meta: Mapping[str, Any]) ->
     if present.size and (present.min() < 0 or (vocab is not None and present.max() >= int(vocab))):
         problems.append(f"dataset 'token_ids_present' holds ids outside [0, {vocab})")
     if problems:
-        raise CacheError(
-            f"teacher cache {path} is damaged (its contents changed since it was written):\n  "
-            + "\n  ".join(problems)
-            + f"\nRebuild it: {rebuild_command(path, meta)}"
-        )
+        raise damaged(path, meta, problems, "its contents changed since it was written")
     _VERIFIED[key] = True

@@ -29,7 +29,7 @@ from tinysiglip.cache.format import (
     partial_path,
     read_attrs,
 )
-from tinysiglip.cache.integrity import rebuild_command, verify_embeddings
+from tinysiglip.cache.integrity import damaged, rebuild_command, verify_embeddings
 
 # Chunk cache per open dataset: a few pixel chunks (one image each) plus contiguous reads.
 DEFAULT_RDCC_NBYTES = 16 << 20
@@ -332,11 +332,7 @@ def open_cache(
             elif tuple(handle[name].shape) != shape:
                 problems.append(f"dataset {name!r} has shape {tuple(handle[name].shape)}, expected {shape}")
         if problems:
-            raise CacheError(
-                f"teacher cache {path} is damaged:\n  "
-                + "\n  ".join(problems)
-                + f"\nRebuild it: {rebuild_command(path, meta)}"
-            )
+            raise damaged(path, meta, problems)
         if check_embeddings:
             verify_embeddings(path, handle, meta)
     if expect:
