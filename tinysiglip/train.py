@@ -23,10 +23,9 @@ import numpy as np
 import torch
 import yaml
 
-from tinysiglip.errors import TinySigLIPError
+from tinysiglip.config.training import DEFAULT_CONFIG, ConfigError, load_config_file, resolve_config
 from tinysiglip.evaluate import retrieval_metrics
 from tinysiglip.losses import DistillationLoss, LossWeights
-from tinysiglip.yaml_files import load_yaml
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -39,127 +38,6 @@ __all__ = [
 ]
 
 Report = Callable[[dict[str, Any]], "bool | None"]
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "teacher": {"source": None, "revision": None},
-    "data": {
-        "train_cache": None,
-        "val_cache": None,
-        "test_cache": None,
-        "expect": {},
-        "num_workers": 0,
-        "embeddings_in_memory": True,
-        # Train on images of the val/test caches anyway (refused otherwise; recorded on the run).
-        "allow_leakage": False,
-    },
-    "student": {"name": "vit_small", "pretrained": False, "scale": "full", "overrides": {}},
-    # init_logit_*: the student's learnable temperature and bias (SigLIP: 10 and -10, a prior tuned
-    # for 32k-pair batches; small batches learn faster from a bias near -log(batch size)).
-    "loss": {
-        "feat": 1.0,
-        "affinity": 1.0,
-        "contrast": 1.0,
-        "contrastive": "sigmoid",
-        "init_logit_scale": 10.0,
-        "init_logit_bias": -10.0,
-    },
-    "optim": {
-        "lr": 5.0e-4,
-        "weight_decay": 0.05,
-        "batch_size": 64,
-        "warmup_fraction": 0.05,
-        "grad_clip": 1.0,
-    },
-    "train": {
-        "epochs": 5,
-        "max_steps": None,
-        "eval_every_epochs": 1,
-        "seed": 0,
-        "device": "auto",
-        "precision": "auto",
-        "gpu_memory_fraction": None,
-        "checkpoint": True,
-        "threads": None,
-    },
-    "objective": {"metric": "mean_r1", "direction": "maximize"},
-}
-
-# Sections whose contents are free-form (validated by their owner, not here).
-_FREE_FORM = {("data", "expect"), ("student", "overrides")}
-
-
-class ConfigError(TinySigLIPError):
-    """A training config names an unknown key or holds a value of the wrong kind."""
-
-
-def _merge(base: dict[str, Any], partial: Mapping[str, Any], path: tuple[str, ...], source: str) -> None:
-    for key, value in partial.items():
-        here = (*path, str(key))
-        if key not in base:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
-            hint = f"; did you mean {'.'.join((*path, close[0]))!r}?" if close else ""
-            raise ConfigError(f"{source}: unknown config key {'.'.join(here)!r}{hint}")
-        if isinstance(base[key], dict) and here not in _FREE_FORM:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{source}: {'.'.join(here)!r} must be a mapping, got {value!r}")
-            _merge(base[key], value, here, source)
-        else:
-            base[key] = copy.deepcopy(value) if not isinstance(value, Mapping) else dict(value)
-
-
-def resolve_config(partial: Mapping[str, Any] | None = None, *, source: str = "config") -> dict[str, Any]:
-    """Defaults + ``partial``; unknown keys and impossible values are errors naming the field."""
-    config = copy.deepcopy(DEFAULT_CONFIG)
-    _merge(config, dict(partial or {}), (), source)
-    loss = config["loss"]
-    try:
-        LossWeights(
-            feat=float(loss["feat"]), affinity=float(loss["affinity"]), contrast=float(loss["contrast"])
-        )
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{source}: loss: {error}") from None
-    if not (isinstance(loss["init_logit_scale"], (int, float)) and loss["init_logit_scale"] > 0):
-        raise ConfigError(f"{source}: loss.init_logit_scale must be a positive number")
-    if loss["contrastive"] not in ("sigmoid", "infonce"):
-        raise ConfigError(
-            f"{source}: loss.contrastive must be 'sigmoid' or 'infonce', got {loss['contrastive']!r}"
-        )
-    for key in ("lr", "batch_size"):
-        if not isinstance(config["optim"][key], (int, float)) or config["optim"][key] <= 0:
-            raise ConfigError(
-                f"{source}: optim.{key} must be a positive number, got {config['optim'][key]!r}"
-            )
-    if int(config["train"]["epochs"]) < 1:
-        raise ConfigError(f"{source}: train.epochs must be >= 1")
-    if config["objective"]["direction"] not in ("maximize", "minimize"):
-        raise ConfigError(f"{source}: objective.direction must be 'maximize' or 'minimize'")
-    return config
-
-
-def load_config_file(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML scalars)."""
-    path = Path(path)
-    try:
-        partial = load_yaml(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
-    if not isinstance(partial, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        dotted, raw = item.split("=", 1)
-        node = partial
-        parts = dotted.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = load_yaml(raw)
-    return resolve_config(partial, source=str(path))
-
 
 # ---------------------------------------------------------------------------------------------
 # pieces of the loop
