@@ -9,9 +9,9 @@ import optuna.distributions as od
 import pytest
 import yaml
 
+from tinysiglip.config import TrainingConfig
 from tinysiglip.errors import TinySigLIPError
 from tinysiglip.sweep import Cell, Study, StudyError, load_study
-from tinysiglip.sweep.study import TRAINING_CONFIG_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "studies").glob("*.yaml"))
@@ -40,7 +40,7 @@ def test_shipped_study_loads(path, local):
         assert cell.study_name == f"{study.name}/{cell.name}"
         assert cell.teacher in study.teachers and cell.dataset in study.datasets
         cfg = cell.base_config
-        assert set(cfg) <= set(TRAINING_CONFIG_KEYS)
+        assert set(cfg) <= set(TrainingConfig.model_fields)
         assert "data" not in cfg or not {"train_cache", "val_cache", "test_cache"} & set(cfg["data"])
         assert all(isinstance(cfg["loss"][t], float) for t in ("feat", "affinity", "contrast"))
         assert any(cfg["loss"][t] > 0 for t in ("feat", "affinity", "contrast"))
@@ -460,25 +460,85 @@ def test_pruner_and_sampler_types(tmp_path, pruner, sampler):
 
 
 def test_student_names_without_registry(tmp_path, monkeypatch):
-    from tinysiglip.sweep import study as study_mod
+    from tinysiglip.config import training as config_mod
 
-    monkeypatch.setattr(study_mod, "_student_cache", (study_mod._FALLBACK_STUDENTS, None))
+    monkeypatch.setattr(config_mod, "_student_cache", (config_mod._FALLBACK_STUDENTS, None))
     assert load_study(_write(tmp_path, edit=_set("grid.A3.student", {"name": "mobilenetv3"})))
     with pytest.raises(StudyError, match=r"grid\.A3\.student\.name"):
         load_study(_write(tmp_path, edit=_set("grid.A3.student", {"name": "mobilenet"})))
 
 
-def test_study_schema_matches_the_training_config():
-    """Study files are validated against the same keys the trainer accepts (no drift between the two)."""
-    from tinysiglip.train import DEFAULT_CONFIG
+def test_every_training_config_field_is_reachable_from_a_study(tmp_path):
+    """A study sets every field of the training config: in its cells (the same models), or through the
+    study's own sections (teacher keys, budget, seeds, objective), or the driver fills it (caches)."""
+    from tinysiglip.config import config_leaves
+    from tinysiglip.sweep.study import OWNED_BY_STUDY
 
-    def keys(tree, prefix=""):
-        out = set()
-        for key, value in tree.items():
-            out.add(prefix + key)
-            if isinstance(value, dict) and value and prefix + key not in ("data.expect", "student.overrides"):
-                out |= keys(value, prefix + key + ".")
-        return out
+    def owner(path):
+        return next((k for k in OWNED_BY_STUDY if path == k or path.startswith(k + ".")), None)
 
-    schema = {k: v for k, v in TRAINING_CONFIG_KEYS.items()}
-    assert keys(DEFAULT_CONFIG) == keys(schema)
+    leaves = config_leaves()
+    settable = {
+        path: info.get_default(call_default_factory=True) for path, info in leaves.items() if not owner(path)
+    }
+    defaults = {"teacher": "large", "dataset": "coco"}
+    for path, value in settable.items():
+        section, key = path.split(".")
+        defaults.setdefault(section, {})[key] = value
+
+    def edit(d):
+        d["defaults"] = defaults
+        d["grid"]["plain"] = {}
+        d["budget"]["max_steps"] = 7
+
+    study = load_study(_write(tmp_path, edit=edit))
+    config = study.cell("plain").apply({}, seed=5)
+    flat = {f"{s}.{k}": v for s, section in config.items() for k, v in section.items()}
+    for path in leaves:
+        if owner(path) is None:
+            assert flat[path] == settable[path], path
+        elif path.startswith("data."):
+            assert "driver" in OWNED_BY_STUDY[owner(path)], path
+        else:  # set from the study's own sections
+            assert path in flat, path
+    assert flat["train.max_steps"] == 7 and flat["train.seed"] == 5
+    assert flat["teacher.source"] == "google/siglip2-large-patch16-256"
+
+
+def test_all_problems_of_a_file_are_reported_together(tmp_path):
+    def edit(d):
+        d["trials_per_cell"] = 0
+        d["grid"]["A3"]["optim"] = {"lr": -1}
+        d["grid"]["A3"]["description"] = "two\nlines"
+        d["resources"]["gpus_per_trial"] = 1.5
+
+    with pytest.raises(StudyError) as info:
+        load_study(_write(tmp_path, edit=edit))
+    fields = [p.field for p in info.value.problems]
+    assert fields == [
+        "grid.A3.optim.lr",
+        "grid.A3.description",
+        "trials_per_cell",
+        "resources.gpus_per_trial",
+    ]
+    assert "4 problems" in str(info.value) and "newline" in str(info.value)
+
+    def cross(d):  # problems only the whole file can show are also listed together
+        d["grid"]["A1"]["teacher"] = "big"
+        d["grid"]["A3"]["loss"] = {"feat": 0, "affinity": 0, "contrast": 0}
+        d["local"]["teachers"] = {"huge": "local-l"}
+
+    with pytest.raises(StudyError) as info:
+        load_study(_write(tmp_path, edit=cross))
+    assert [p.field for p in info.value.problems] == [
+        "grid.A1.teacher",
+        "grid.A3.loss",
+        "local.teachers.huge",
+    ]
+
+
+@pytest.mark.parametrize("field", ["study", "description"])
+def test_names_and_descriptions_refuse_control_characters(tmp_path, field):
+    p = _write(tmp_path, edit=_set(field, "ablation\nA" if field == "study" else "line one\x1b[2J"))
+    with pytest.raises(StudyError, match=field):
+        load_study(p)

@@ -1,7 +1,6 @@
-"""The sweep service: study files (this package's ``study`` module), the Ray Tune driver and the store."""
+"""The sweep service: study files (this package's ``study`` package), the Ray Tune driver and the store."""
 
 from tinysiglip.sweep.study import (
-    TRAINING_CONFIG_KEYS,
     CacheSpec,
     Cell,
     DatasetSpec,
@@ -9,12 +8,12 @@ from tinysiglip.sweep.study import (
     Resources,
     Study,
     StudyError,
+    StudyFile,
     TeacherSpec,
     load_study,
 )
 
 __all__ = [
-    "TRAINING_CONFIG_KEYS",
     "CacheSpec",
     "Cell",
     "DatasetSpec",
@@ -22,6 +21,7 @@ __all__ = [
     "Resources",
     "Study",
     "StudyError",
+    "StudyFile",
     "TeacherSpec",
     "load_study",
 ]

@@ -1,6 +1,6 @@
-"""Search-space files: named distributions over dotted training-config paths.
+"""Search spaces: named distributions over dotted training-config paths.
 
-A search-space file (``search_spaces/*.yaml``)::
+A search-space file (``search_spaces/*.yaml``, JSON Schema: ``tinysiglip schema search-space``)::
 
     description: lambdas, learning rate and weight decay for the full method
     params:
@@ -10,55 +10,68 @@ A search-space file (``search_spaces/*.yaml``)::
       optim.batch_size: {type: categorical, choices: [128, 256]}
 
 Names are dotted paths into the training config (``loss.feat``) or one of the friendly aliases in
-``PARAM_ALIASES``; both resolve to the dotted path, which is the name Optuna stores.
+``PARAM_ALIASES``; both resolve to the dotted path, which is the name Optuna stores. Every bound and
+choice is checked against that field of the training config (tinysiglip.config): a λ range cannot go
+below 0, a learning rate cannot reach 0, an integer field needs an integer distribution.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import optuna.distributions as od
 import yaml
+from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, model_validator
 
+from tinysiglip.config.fields import Description, StrictModel, problem, tagged_union
+from tinysiglip.config.problems import Problem, closest, format_problems, problems_from
+from tinysiglip.config.training import LOSS_TERMS, TrainingConfig, config_leaves
 from tinysiglip.errors import TinySigLIPError
 from tinysiglip.yaml_files import load_yaml
 
+__all__ = [
+    "LOSS_TERMS",
+    "NOT_SEARCHABLE_PREFIXES",
+    "PARAM_ALIASES",
+    "Distribution",
+    "SearchSpaceFile",
+    "StudyError",
+    "canonical_name",
+    "describe_distribution",
+    "distribution_bounds",
+    "load_search_space",
+    "read_yaml",
+    "resolve_search_space",
+]
+
 
 class StudyError(TinySigLIPError):
-    """A study or search-space file is wrong. The message names the file, the dotted field and the fix."""
+    """A study or search-space file is wrong. The message names the file, the dotted field and the fix;
+    ``problems`` holds every problem found in the file (the first is also ``field``/``problem``/``fix``)."""
 
-    def __init__(self, file: str | Path, field: str, problem: str, fix: str = ""):
+    def __init__(
+        self,
+        file: str | Path,
+        field: str,
+        problem: str,
+        fix: str = "",
+        *,
+        problems: list[Problem] | None = None,
+    ):
         self.file = str(file)
-        self.field = field
-        self.problem = problem
-        self.fix = fix
-        where = f"{self.file}: {field}" if field else self.file
-        super().__init__(f"{where}: {problem}" + (f". Fix: {fix}" if fix else ""))
+        self.problems = list(problems) if problems else [Problem(field, problem, fix)]
+        self.field, self.problem, self.fix = (
+            self.problems[0].field,
+            self.problems[0].problem,
+            self.problems[0].fix,
+        )
+        super().__init__(format_problems(self.file, self.problems))
 
-
-def closest(word: str, valid: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest valid key, or ''."""
-    match = difflib.get_close_matches(str(word), [str(v) for v in valid], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def as_number(v):
-    """A YAML number, or text such as '1e-4' that PyYAML leaves as a string; None otherwise."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return v
-    if isinstance(v, str) and _FLOAT_TEXT.match(v.strip()):
-        f = float(v)
-        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-    return None
+    @classmethod
+    def of(cls, file: str | Path, problems: list[Problem]) -> StudyError:
+        first = problems[0]
+        return cls(file, first.field, first.problem, first.fix, problems=problems)
 
 
 # Friendly names -> dotted training-config paths.
@@ -81,106 +94,209 @@ PARAM_ALIASES: dict[str, str] = {
 # Training-config paths that a search space may not sample: the driver / study own them.
 NOT_SEARCHABLE_PREFIXES = ("teacher", "data", "objective", "train.seed", "train.device", "train.epochs")
 
-LOSS_TERMS = ("feat", "affinity", "contrast")
 
-_DIST_KEYS = {
-    "float": ("type", "low", "high", "log", "step"),
-    "int": ("type", "low", "high", "log", "step"),
-    "categorical": ("type", "choices"),
-}
+class FloatRange(StrictModel):
+    """A float between low and high (Optuna FloatDistribution)."""
+
+    type: Literal["float"] = "float"
+    low: float
+    """Smallest value (included)."""
+    high: float
+    """Largest value (included)."""
+    log: bool = False
+    """Sample uniformly in log space (needs low > 0)."""
+    step: float | None = Field(None, gt=0)
+    """Sample only low, low + step, ... (not with log)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+    def to_optuna(self) -> od.BaseDistribution:
+        return od.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
 
-def parse_distribution(spec: Any, *, file: str, field: str) -> od.BaseDistribution:
-    """One ``{type, low, high, log, step}`` / ``{type: categorical, choices}`` mapping -> distribution."""
-    if not isinstance(spec, dict):
-        raise StudyError(
-            file,
-            field,
-            f"expected a mapping like {{type: float, low: 0.1, high: 10, log: true}}, got {spec!r}",
-            "write the distribution as a mapping with type/low/high (or type: categorical, choices: [...])",
-        )
-    kind = spec.get("type", "float")
-    if kind not in _DIST_KEYS:
-        raise StudyError(
-            file,
-            f"{field}.type",
-            f"unknown distribution type {kind!r}",
-            f"use one of {', '.join(_DIST_KEYS)}" + closest(str(kind), _DIST_KEYS),
-        )
-    for key in spec:
-        if key not in _DIST_KEYS[kind]:
-            raise StudyError(
-                file,
-                f"{field}.{key}",
-                f"unknown key {key!r} for a {kind} distribution",
-                f"valid keys: {', '.join(_DIST_KEYS[kind])}" + closest(str(key), _DIST_KEYS[kind]),
-            )
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise StudyError(
-                file, f"{field}.choices", "a categorical needs a non-empty list", "e.g. choices: [128, 256]"
-            )
-        for i, c in enumerate(choices):
-            if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise StudyError(
-                    file,
-                    f"{field}.choices[{i}]",
-                    f"choice {c!r} is not a scalar",
-                    "use numbers, strings or booleans",
-                )
-        return od.CategoricalDistribution(choices)
-    bounds = {}
-    for key in ("low", "high"):
-        if key not in spec:
-            raise StudyError(file, f"{field}.{key}", f"missing {key!r}", f"add {key}: <number>")
-        value = as_number(spec[key])
-        if value is None or (kind == "int" and not float(value).is_integer()):
-            raise StudyError(
-                file,
-                f"{field}.{key}",
-                f"{key} must be {'an integer' if kind == 'int' else 'a number'}, got {spec[key]!r}",
-                "write a plain number",
-            )
-        bounds[key] = value
-    low, high = bounds["low"], bounds["high"]
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise StudyError(
-            file, f"{field}.log", f"log must be true or false, got {log!r}", "write log: true or log: false"
-        )
-    step = spec.get("step")
-    if step is not None:
-        step = as_number(step)
-    if step is not None and step <= 0 or ("step" in spec and spec["step"] is not None and step is None):
-        raise StudyError(
-            file,
-            f"{field}.step",
-            f"step must be a positive number, got {spec.get('step')!r}",
-            "remove step or make it > 0",
-        )
+class IntRange(StrictModel):
+    """An integer between low and high (Optuna IntDistribution)."""
+
+    type: Literal["int"]
+    low: int
+    """Smallest value (included)."""
+    high: int
+    """Largest value (included)."""
+    log: bool = False
+    """Sample uniformly in log space (needs low > 0)."""
+    step: int | None = Field(None, ge=1)
+    """Sample only low, low + step, ... (not with log)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+    def to_optuna(self) -> od.BaseDistribution:
+        return od.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
     if low >= high:
-        raise StudyError(
-            file, field, f"low ({low}) must be below high ({high})", "swap them or widen the range"
-        )
+        raise problem(f"low ({low}) must be below high ({high})", "swap them or widen the range")
     if log and low <= 0:
-        raise StudyError(
-            file,
-            f"{field}.low",
-            f"a log distribution needs low > 0, got {low}",
-            "raise low above 0 or set log: false",
+        raise problem(
+            f"a log distribution needs low > 0, got {low}", "raise low above 0 or set log: false", field="low"
         )
     if log and step is not None:
-        raise StudyError(
-            file, f"{field}.step", "step cannot be combined with log: true", "remove step or log"
-        )
-    if kind == "int":
-        return od.IntDistribution(int(low), int(high), log=log, step=int(step) if step else 1)
-    return od.FloatDistribution(float(low), float(high), log=log, step=float(step) if step else None)
+        raise problem("step cannot be combined with log: true", "remove step or log", field="step")
+
+
+def _scalar(value: Any) -> Any:
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise problem(f"choice {value!r} is not a scalar", "use numbers, strings or booleans")
+    return value
+
+
+Scalar = Annotated[
+    Any, AfterValidator(_scalar), WithJsonSchema({"type": ["string", "number", "boolean", "null"]})
+]
+
+
+class Choices(StrictModel):
+    """One of a list of values (Optuna CategoricalDistribution)."""
+
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1, examples=[[128, 256]])
+    """The values to choose from."""
+
+    def to_optuna(self) -> od.BaseDistribution:
+        return od.CategoricalDistribution(list(self.choices))
+
+
+Distribution = tagged_union(
+    {"float": FloatRange, "int": IntRange, "categorical": Choices},
+    key="type",
+    what="distribution type",
+    default="float",
+    fix="write the distribution as a mapping with type/low/high (or type: categorical, choices: [...]), "
+    "e.g. {type: float, low: 0.1, high: 10, log: true}",
+)
+
+# A search space as written: parameter name (dotted path or alias) -> distribution.
+SearchParams = Annotated[dict[str, Distribution], Field(min_length=1)]
+
+
+class SearchSpaceFile(StrictModel):
+    """A search-space file (search_spaces/*.yaml), referenced by a study's search_space."""
+
+    description: Description = ""
+    """What the search is for."""
+    params: SearchParams = Field(
+        examples=[{"lambda_feat": {"type": "float", "low": 0.1, "high": 10, "log": True}}]
+    )
+    """Parameter name (a dotted training-config path such as optim.lr, or an alias such as lambda_feat)
+    -> distribution."""
 
 
 def canonical_name(name: str) -> str:
     return PARAM_ALIASES.get(name, name)
+
+
+_LEAVES = config_leaves()
+_SECTIONS = {name: info.annotation for name, info in TrainingConfig.model_fields.items()}
+
+
+def _leaf_kind(path: str) -> str:
+    """The kind ("int", "float" or "other") of of distribution the config field at ``path`` can take."""
+    annotation = _LEAVES[path].annotation
+    args = set(getattr(annotation, "__args__", ())) | {annotation}
+    if float in args:
+        return "float"
+    if int in args and bool not in args:
+        return "int"
+    return "other"
+
+
+def _value_problems(path: str, value: Any, where: str) -> list[Problem]:
+    """Problems of ``value`` as the training-config field ``path`` (its type, range and checks)."""
+    section, key = path.split(".", 1)
+    model = _SECTIONS[section]
+    try:
+        model.model_validate({key: value})
+    except ValidationError as error:
+        return [
+            Problem(where + p.field[len(key) :], p.problem, p.fix)
+            for p in problems_from(error, model)
+            if p.field == key or p.field.startswith(key + ".")
+        ]
+    return []
+
+
+def _against_config(path: str, spec: StrictModel, where: str) -> list[Problem]:
+    if isinstance(spec, Choices):
+        return [
+            p for i, c in enumerate(spec.choices) for p in _value_problems(path, c, f"{where}.choices[{i}]")
+        ]
+    kind = _leaf_kind(path)
+    if kind == "other":
+        return [
+            Problem(
+                f"{where}.type",
+                f"{path} is not a number, so it has no range",
+                "use type: categorical with choices",
+            )
+        ]
+    if kind == "int" and not isinstance(spec, IntRange):
+        return [Problem(f"{where}.type", f"{path} is an integer", "use type: int (or categorical)")]
+    return _value_problems(path, spec.low, f"{where}.low") or _value_problems(
+        path, spec.high, f"{where}.high"
+    )
+
+
+def resolve_search_space(
+    params: dict[str, Any], where: str
+) -> tuple[dict[str, od.BaseDistribution], list[Problem]]:
+    """Validated distributions by name as written -> ``{dotted path: Optuna distribution}`` + problems.
+
+    ``where`` is the dotted place of the params in their file (``params``, ``search_space``).
+    """
+    out: dict[str, od.BaseDistribution] = {}
+    problems: list[Problem] = []
+    valid = sorted([*_LEAVES, *PARAM_ALIASES])
+    for name, spec in params.items():
+        fld, path = f"{where}.{name}", canonical_name(str(name))
+        if path not in _LEAVES:
+            problems.append(
+                Problem(
+                    fld,
+                    f"unknown parameter {name!r}",
+                    "use a dotted training-config path (loss.feat, optim.lr) or an alias ("
+                    + ", ".join(PARAM_ALIASES)
+                    + ")"
+                    + closest(str(name), valid),
+                )
+            )
+        elif any(path == p or path.startswith(p + ".") for p in NOT_SEARCHABLE_PREFIXES):
+            problems.append(
+                Problem(
+                    fld,
+                    f"{path} cannot be searched (the study/driver sets it)",
+                    "remove it from the search space",
+                )
+            )
+        elif path in out:
+            problems.append(
+                Problem(
+                    fld,
+                    f"{name!r} names {path}, which is already in this search space",
+                    "keep one of the two entries",
+                )
+            )
+        else:
+            found = _against_config(path, spec, fld)
+            problems.extend(found)
+            if not found:
+                out[path] = spec.to_optuna()
+    return out, problems
 
 
 def distribution_bounds(dist: od.BaseDistribution) -> tuple[Any, Any] | None:
@@ -229,34 +345,16 @@ def read_yaml(path: Path, *, what: str, field: str = "", referenced_from: str | 
         ) from e
 
 
-def load_search_space_file(path: Path, *, field: str, referenced_from: str) -> tuple[str, dict[str, Any]]:
-    """(description, {name as written: raw spec}) of a search-space file; names are resolved by the caller."""
+def load_search_space(path: Path, *, field: str, referenced_from: str) -> dict[str, od.BaseDistribution]:
+    """``{dotted path: distribution}`` of a search-space file; every problem of the file at once."""
     data = read_yaml(path, what="search-space", field=field, referenced_from=referenced_from)
-    fname = str(path)
-    if not isinstance(data, dict):
-        raise StudyError(
-            fname,
-            "",
-            "a search-space file must be a mapping with a 'params' key",
-            "see search_spaces/lambda_full.yaml",
-        )
-    for key in data:
-        if key not in ("description", "params"):
-            raise StudyError(
-                fname,
-                str(key),
-                f"unknown key {key!r}",
-                "valid keys: description, params" + closest(str(key), ("description", "params")),
-            )
-    params = data.get("params")
-    if not isinstance(params, dict) or not params:
-        raise StudyError(
-            fname,
-            "params",
-            "missing or empty 'params' mapping",
-            "add params: {lambda_feat: {type: float, low: 0.1, high: 10, log: true}}",
-        )
-    desc = data.get("description") or ""
-    if not isinstance(desc, str):
-        raise StudyError(fname, "description", "description must be text", "quote it")
-    return desc, params
+    used_by = f" (search space of {referenced_from}, {field})"
+    try:
+        model = SearchSpaceFile.model_validate(data if data is not None else {})
+    except ValidationError as error:
+        found = problems_from(error, SearchSpaceFile)
+    else:
+        space, found = resolve_search_space(model.params, "params")
+        if not found:
+            return space
+    raise StudyError.of(path, [Problem(p.field, p.problem + used_by, p.fix) for p in found])
