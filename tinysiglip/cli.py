@@ -9,6 +9,7 @@ tinysiglip eval             Recall@K of a trained student (or the teacher) on a 
 tinysiglip sweep            run a study (same as python -m tinysiglip.sweep)
 tinysiglip report           tables from the study database
 tinysiglip dashboards       Plotly HTML dashboards from the study database
+tinysiglip schema ...       JSON Schema of study files, training configs or search spaces (for editors)
 """
 
 from __future__ import annotations
@@ -249,6 +250,30 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_schema(subparsers: argparse._SubParsersAction) -> None:
+    from tinysiglip.schemas import SCHEMAS
+
+    parser = subparsers.add_parser(
+        "schema",
+        help="print the JSON Schema of study files, training configs or search spaces",
+        description=(
+            "Print the JSON Schema of a file kind, exported from the models that validate it. Editors with the "
+            "YAML language server complete and check a file whose first line is "
+            "`# yaml-language-server: $schema=<path to the schema>`; schemas/ holds the committed copies "
+            "(regenerate one with `tinysiglip schema study > schemas/study.schema.json`)."
+        ),
+    )
+    parser.add_argument("kind", choices=list(SCHEMAS), help="which file kind")
+    parser.set_defaults(func=_run_schema)
+
+
+def _run_schema(args: argparse.Namespace) -> int:
+    from tinysiglip.schemas import schema_text
+
+    sys.stdout.write(schema_text(args.kind))
+    return 0
+
+
 def _add_forwarded(subparsers: argparse._SubParsersAction) -> None:
     for name, module in _FORWARDED.items():
         parser = subparsers.add_parser(
@@ -270,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module).register(subparsers)
     _add_train(subparsers)
     _add_eval(subparsers)
+    _add_schema(subparsers)
     _add_forwarded(subparsers)
     return parser
 
