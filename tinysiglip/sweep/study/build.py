@@ -267,6 +267,7 @@ class _Expansion:
             storage=m.storage,
             run_dir=m.run_dir,
         )
+        self._check_budget(m.budget, "budget")
         if not self.local:
             return settings
         lp = m.local
@@ -289,7 +290,7 @@ class _Expansion:
         epochs = given.epochs
         every = given.eval_every_epochs if given.eval_every_epochs is not None else None
         try:
-            return Budget(
+            budget = Budget(
                 epochs=epochs,
                 eval_every_epochs=every if every is not None else min(base.eval_every_epochs, epochs or 1),
                 max_steps=given.max_steps if "max_steps" in given.model_fields_set else base.max_steps,
@@ -297,6 +298,17 @@ class _Expansion:
         except ValidationError as error:
             self.add_validation(error, Budget, "local.budget")
             return base
+        self._check_budget(budget, "local.budget")
+        return budget
+
+    def _check_budget(self, budget: Budget, where: str) -> None:
+        if budget.eval_every_epochs > budget.epochs:
+            self.add(
+                f"{where}.eval_every_epochs",
+                f"evaluating every {budget.eval_every_epochs} epochs in a {budget.epochs}-epoch run gives no "
+                "evaluation to prune on",
+                f"set it to at most {budget.epochs}",
+            )
 
     def _changed(self, union: Any, base: dict, change: dict, where: str) -> dict:
         """The study's pruner/sampler settings with the local profile's changes (a new type starts over)."""

@@ -24,7 +24,6 @@ from pydantic import (
     PlainValidator,
     WithJsonSchema,
     field_validator,
-    model_validator,
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
@@ -236,6 +235,7 @@ _DATACLASS_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 # A (pydantic) dataclass rather than a model: the driver's --epochs override uses dataclasses.replace.
+# That eval_every_epochs fits in epochs is checked when the study is built (build.py).
 @pydantic_dataclass(frozen=True, config=_DATACLASS_CONFIG)
 class Budget:
     """What one search trial may spend."""
@@ -246,17 +246,6 @@ class Budget:
     """Evaluate (and consult the pruner) every this many epochs."""
     max_steps: Integer | None = Field(None, ge=1)
     """Optional cap on optimiser steps per trial."""
-
-    @model_validator(mode="after")
-    def _evaluates(self) -> Budget:
-        if self.eval_every_epochs > self.epochs:
-            raise problem(
-                f"evaluating every {self.eval_every_epochs} epochs in a {self.epochs}-epoch run gives no "
-                "evaluation to prune on",
-                f"set it to at most {self.epochs}",
-                field="eval_every_epochs",
-            )
-        return self
 
 
 def _one_or_many(value: Any) -> Any:
