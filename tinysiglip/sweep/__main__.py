@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tinysiglip.sweep.driver import SweepOptions, _import_fn, apply_overrides, plan_text, run_sweep
+    from tinysiglip.sweep.driver import run_sweep
+    from tinysiglip.sweep.options import SweepOptions
+    from tinysiglip.sweep.plan import apply_overrides, plan_text
     from tinysiglip.sweep.study import load_study
+    from tinysiglip.sweep.trainable import import_function
 
     try:
         seeds = None
@@ -87,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         run_sweep(
             study,
             options,
-            ensure_caches=_import_fn(args.caches_fn) if args.caches_fn else None,
-            teacher_metrics=_import_fn(args.teacher_metrics_fn) if args.teacher_metrics_fn else None,
+            ensure_caches=import_function(args.caches_fn) if args.caches_fn else None,
+            teacher_metrics=import_function(args.teacher_metrics_fn) if args.teacher_metrics_fn else None,
         )
         return 0
     except TinySigLIPError as exc:

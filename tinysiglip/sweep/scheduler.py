@@ -1,7 +1,7 @@
 """A Ray Tune scheduler that consults the cell's Optuna pruner on every reported evaluation.
 
 Each evaluation a trial reports (``tsl_event == "eval"``) goes to the driver's
-:class:`~tinysiglip.sweep.driver.SweepState`, which writes it to the study database, reports it to the
+:class:`~tinysiglip.sweep.state.SweepState`, which writes it to the study database, reports it to the
 trial's Optuna trial (``trial.report(value, step=epoch)``) and asks the cell's pruner
 (``trial.should_prune()``; each cell is its own Optuna study, so a trial is only compared with trials
 of its own cell). When the pruner says so, the trial is told PRUNED (Optuna and ``tsl_runs``) and the
@@ -10,17 +10,12 @@ scheduler returns ``STOP``. Everything else is FIFO.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from tinysiglip.sweep.driver import _NoPickleState  # noqa: E402
-
-if TYPE_CHECKING:
-    from tinysiglip.sweep.driver import SweepState
+from tinysiglip.sweep.state import NoPickleState, SweepState
 
 
-class OptunaPruningScheduler(_NoPickleState, FIFOScheduler):
+class OptunaPruningScheduler(NoPickleState, FIFOScheduler):
     def __init__(self, state: SweepState):
         super().__init__()
         self.state = state

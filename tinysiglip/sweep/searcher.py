@@ -1,6 +1,6 @@
 """A Ray Tune searcher that owns one Optuna study per grid cell (ask/tell, no OptunaSearch internals).
 
-``suggest(trial_id)`` asks the driver's :class:`~tinysiglip.sweep.driver.SweepState` for the next run:
+``suggest(trial_id)`` asks the driver's :class:`~tinysiglip.sweep.state.SweepState` for the next run:
 in the search phase that is a RUNNING trial left by a killed driver (re-attached) or a new Optuna trial
 asked from the next cell that still needs trials (round-robin); in the final phase the next
 (cell, seed) final run. ``on_trial_complete`` tells Optuna COMPLETE with the objective, FAIL with the
@@ -9,17 +9,14 @@ error, or (for a trial the scheduler pruned) leaves the PRUNED it already told.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray.tune.search import Searcher
 
-from tinysiglip.sweep.driver import _NoPickleState  # noqa: E402
-
-if TYPE_CHECKING:
-    from tinysiglip.sweep.driver import SweepState
+from tinysiglip.sweep.state import NoPickleState, SweepState
 
 
-class CellSearcher(_NoPickleState, Searcher):
+class CellSearcher(NoPickleState, Searcher):
     def __init__(self, state: SweepState, phase: str):
         super().__init__(metric=None, mode=None)
         self.state = state

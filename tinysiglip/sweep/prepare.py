@@ -1,0 +1,186 @@
+"""Everything a sweep does before its first trial, in the study database and on disk.
+
+One Optuna study per grid cell on the study database; a fresh study refuses to reuse a database that
+already holds its runs (``--resume`` finishes one instead); the study's own row; the runs a killed
+driver left behind (re-attached from their checkpoints, or closed where Optuna already knows the end);
+the teacher caches (built once, before any trial) and the teacher's own test metrics per cell.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tinysiglip.results.store import StudyStore, redact_url
+from tinysiglip.sweep.options import SweepError, SweepOptions
+
+__all__ = [
+    "check_fresh",
+    "open_cell_studies",
+    "reconcile_left_running",
+    "record_study",
+    "record_teacher_reference",
+    "study_caches",
+    "teacher_reference_metrics",
+]
+
+
+def open_cell_studies(study, storage) -> dict:
+    """``{cell name: optuna.Study}``: each cell is its own Optuna study (created, or loaded when it exists)."""
+    import optuna
+
+    return {
+        c.name: optuna.create_study(
+            storage=storage,
+            study_name=c.study_name,
+            load_if_exists=True,
+            direction=study.objective.direction,
+            sampler=study.make_sampler(),
+            pruner=study.make_pruner(),
+        )
+        for c in study.cells
+    }
+
+
+def check_fresh(study, store: StudyStore, ostudies: dict) -> None:
+    n_runs = len(store.runs(study.name))
+    n_trials = sum(len(s.get_trials(deepcopy=False)) for s in ostudies.values())
+    if n_runs or n_trials:
+        raise SweepError(
+            f"study {study.name!r} already has {n_trials} Optuna trial(s) and {n_runs} run(s) in "
+            f"{redact_url(study.storage_url)}. Rerun with --resume to finish it, or give a new --storage URL "
+            "(or another run_dir) to start over."
+        )
+
+
+def record_study(study, store: StudyStore, options: SweepOptions) -> None:
+    """The study's row: its file, its text, and the settings the report reads back."""
+    try:
+        text = Path(study.path).read_text()
+    except Exception:  # noqa: BLE001
+        text = None
+    store.upsert_study(
+        study.name,
+        study_file=study.path,
+        study_text=text,
+        local=bool(study.local),
+        settings={
+            "objective": {"metric": study.objective.metric, "direction": study.objective.direction},
+            "trials_per_cell": study.trials_per_cell,
+            "cells": {
+                c.name: {
+                    "optuna_study": c.study_name,
+                    "trials": c.trials,
+                    "teacher": c.teacher,
+                    "dataset": c.dataset,
+                    "description": c.description,
+                }
+                for c in study.cells
+            },
+            "final_seeds": list(study.final_seeds),
+            "resources": {
+                "cpus_per_trial": study.resources.cpus_per_trial,
+                "gpus_per_trial": 0 if study.local else study.resources.gpus_per_trial,
+            },
+            "pruner": dict(study.pruner),
+            "sampler": dict(study.sampler),
+            "max_failures": study.max_failures,
+            "epochs": options.epochs if options.epochs is not None else getattr(study.budget, "epochs", None),
+        },
+    )
+
+
+def reconcile_left_running(study, store: StudyStore, ostudies: dict) -> list[tuple[Any, Any]]:
+    """The ``(cell, FrozenTrial)`` pairs a killed driver left RUNNING in Optuna (to re-attach); runs
+    whose Optuna trial did finish but whose ``tsl_runs`` row still says running are closed here."""
+    import optuna
+
+    reattach = []
+    for c in study.cells:
+        for ft in ostudies[c.name].get_trials(deepcopy=False):
+            if ft.state == optuna.trial.TrialState.RUNNING:
+                reattach.append((c, ft))
+            elif ft.state.is_finished():
+                rec = store.find_trial_run(c.study_name, ft.number)
+                if rec is not None and rec.status == "running":  # killed between tell and DB write
+                    status = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(ft.state.name, "failed")
+                    store.finish_run(
+                        rec.id,
+                        status,
+                        objective=ft.value if ft.value is not None else None,
+                        error=None if status != "failed" else "marked failed in Optuna",
+                    )
+    return reattach
+
+
+def study_caches(study, ensure_caches: Callable | None) -> tuple[dict, dict]:
+    """``({(teacher, dataset, split): path}, {same key: fingerprint})``: every cache the study uses,
+    built once before any trial. ``ensure_caches`` (a test hook) replaces the real builder."""
+    caches = (ensure_caches or _default_ensure_caches)(study)
+    caches = {tuple(k): Path(v) for k, v in caches.items()}
+    fingerprints = {
+        k: _fingerprint(p) if ensure_caches is None else {"path": str(p)} for k, p in caches.items()
+    }
+    return caches, fingerprints
+
+
+def record_teacher_reference(
+    study, store: StudyStore, caches: dict, fingerprints: dict, metrics_fn: Callable, echo: Callable
+) -> None:
+    """Each cell's teacher evaluated on its own cached test embeddings: the reference row of the report."""
+    for c in study.cells:
+        path = caches.get((c.teacher, c.dataset, "test"))
+        if path is None:
+            continue
+        try:
+            metrics, tparams = metrics_fn(path)
+        except Exception as exc:  # noqa: BLE001 - the reference is informative, never fatal
+            echo(f"  warning: teacher metrics for {c.name} failed: {exc}")
+            continue
+        store.record_teacher_metrics(
+            study_name=study.name,
+            cell=c.name,
+            teacher_source=study.teachers[c.teacher].effective_source
+            if hasattr(study, "teachers")
+            else c.teacher,
+            split="test",
+            metrics=metrics,
+            teacher_params=tparams,
+            cache_path=path,
+            cache_fingerprint=json.dumps(fingerprints.get((c.teacher, c.dataset, "test")), default=str),
+        )
+
+
+def _fingerprint(path: Path) -> dict:
+    out: dict[str, Any] = {"path": str(path)}
+    try:
+        from tinysiglip.cache import open_cache
+
+        meta = open_cache(path).meta
+        for k, v in meta.items():
+            if "fingerprint" in k or k in ("teacher_source", "teacher_revision", "dataset_name", "split"):
+                out[k] = v
+    except Exception as exc:  # noqa: BLE001 - a fingerprint is informative, never fatal
+        out["error"] = str(exc)[:200]
+    return out
+
+
+def teacher_reference_metrics(path: Path) -> tuple[dict, dict]:
+    """Retrieval metrics of the teacher's own cached test embeddings, and the teacher's parameter counts."""
+    from tinysiglip.cache import open_cache
+    from tinysiglip.evaluate import retrieval_metrics
+
+    cache = open_cache(path)
+    metrics = retrieval_metrics(cache.image_embeds(), cache.text_embeds(), cache.caption_image_index())
+    params = cache.meta.get("teacher_params") or cache.meta.get("teacher_param_counts") or {}
+    if not isinstance(params, dict):
+        params = {"total": params}
+    return dict(metrics), params
+
+
+def _default_ensure_caches(study):
+    from tinysiglip.sweep.caches import ensure_study_caches
+
+    return ensure_study_caches(study, progress=True)
