@@ -258,6 +258,18 @@ def test_save_load_round_trip_identical_outputs(tmp_path):
     assert torch.equal(load_student(tmp_path / "s").vocab.token_ids, model.vocab.token_ids)
 
 
+def test_saved_student_loads_from_its_own_architecture(tmp_path, monkeypatch):
+    """A saved student carries its resolved architecture: loading never asks the registry."""
+    from tinysiglip.students import registry
+
+    model = tiny_student().eval()
+    model.save_pretrained(tmp_path / "s")
+    monkeypatch.setattr(registry, "_STUDENTS", {})  # no student name resolves any more
+    loaded = load_student(tmp_path / "s")
+    assert loaded.config["resolved"] == model.config["resolved"]
+    assert loaded.parameter_counts() == model.parameter_counts()
+
+
 def test_load_is_strict(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -9,11 +9,11 @@ Usage::
     model.encode_images([...PIL...]); model.encode_texts(["a red square"])
 """
 
+from .image_tower import create_image_tower
 from .model import TinySigLIP, TinySigLIPEncoder, load_student
 from .registry import (
     OVERRIDE_KEYS,
     StudentSpec,
-    create_image_tower,
     create_student,
     get_student_spec,
     list_students,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .image_tower import create_image_tower
 from .text import TextTower
 from .vocab import TokenVocab
 
@@ -60,6 +61,31 @@ class TinySigLIP(nn.Module):
         self._encoder: TinySigLIPEncoder | None = None
 
     # ------------------------------------------------------------------ core
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], vocab: TokenVocab) -> TinySigLIP:
+        """Build a student from its architecture config (what ``create_student`` resolves from the
+        registry and ``save_pretrained`` writes): ``embed_dim``, ``image_size``, ``pretrained`` and
+        ``resolved`` (timm image model + kwargs, text tower shape). Weights are freshly initialised."""
+        resolved = config["resolved"]
+        image_tower, image_width = create_image_tower(
+            resolved["image_model"],
+            image_size=int(config["image_size"]),
+            pretrained=bool(config.get("pretrained", False)),
+            drop_path_rate=resolved["drop_path_rate"],
+            **resolved["image_kwargs"],
+        )
+        text_tower = TextTower(
+            vocab,
+            width=int(resolved["text_width"]),
+            layers=int(resolved["text_layers"]),
+            heads=int(resolved["text_heads"]),
+            mlp_ratio=float(resolved["text_mlp_ratio"]),
+            max_length=int(resolved["text_max_length"]),
+            dropout=float(resolved["text_dropout"]),
+        )
+        config = {**config, "image_width": image_width}
+        return cls(image_tower, image_width, text_tower, embed_dim=int(config["embed_dim"]), config=config)
+
     @property
     def vocab(self) -> TokenVocab:
         return self.text_tower.vocab
@@ -361,8 +387,6 @@ def load_student(load_dir: str | Path, *, map_location: str | torch.device = "cp
     """Rebuild a student saved by ``save_pretrained`` and load its weights (strict). Returns eval mode."""
     from safetensors.torch import load_file
 
-    from .registry import create_student
-
     load_dir = Path(load_dir)
     cfg_path = load_dir / CONFIG_NAME
     if not cfg_path.is_file():
@@ -372,15 +396,21 @@ def load_student(load_dir: str | Path, *, map_location: str | torch.device = "cp
     if version != STUDENT_FORMAT_VERSION:
         raise ValueError(f"unsupported student format_version {version}")
     vocab = TokenVocab.load(load_dir / VOCAB_NAME)
-    model = create_student(
-        config["name"],
-        embed_dim=int(config["embed_dim"]),
-        image_size=int(config["image_size"]),
-        vocab=vocab,
-        pretrained=False,
-        scale=config.get("scale", "full"),
-        **config.get("overrides", {}),
-    )
+    if "resolved" not in config:
+        raise ValueError(
+            f"{cfg_path} records no resolved architecture: not saved by TinySigLIP.save_pretrained"
+        )
+    # Rebuilt from the architecture it was saved with: no registry look-up, no pretrained download.
+    architecture = {
+        "name": config.get("name"),
+        "overrides": config.get("overrides", {}),
+        "embed_dim": config["embed_dim"],
+        "image_size": config["image_size"],
+        "pretrained": False,
+        "scale": config.get("scale", "full"),
+        "resolved": config["resolved"],
+    }
+    model = TinySigLIP.from_config(architecture, vocab)
     model.config["pretrained"] = bool(config.get("pretrained", False))
     if config.get("extra"):
         model.config["extra"] = config["extra"]

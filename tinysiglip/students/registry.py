@@ -1,4 +1,9 @@
-"""Student registry (timm-style): named image tower + compact text tower configurations."""
+"""Student registry (timm-style): named image tower + compact text tower configurations.
+
+The registry turns a name (+ scale and overrides) into the resolved architecture and builds the model
+from it (:meth:`TinySigLIP.from_config`). The dependency is one-way: the model never reads the
+registry; a saved student carries its resolved architecture and is rebuilt from that alone.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
-from .text import TextTower
+from .model import TinySigLIP
 from .vocab import TokenVocab
 
 
@@ -155,52 +158,6 @@ def resolve_config(name: str, overrides: dict[str, Any], scale: str = "full") ->
     return resolved
 
 
-def _head_width(model: nn.Module) -> int:
-    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
-    if not width:
-        raise ValueError(f"cannot tell the pooled feature width of {type(model).__name__}")
-    return int(width)
-
-
-def create_image_tower(
-    image_model: str,
-    *,
-    image_size: int,
-    pretrained: bool = False,
-    drop_path_rate: float | None = None,
-    **kwargs: Any,
-) -> tuple[nn.Module, int]:
-    """timm model with ``num_classes=0`` (pooled features) -> (module, feature width).
-
-    ViT-like models get ``img_size=image_size`` and ``dynamic_img_size=True`` (other resolutions are
-    handled by interpolating the position embeddings); models that do not take ``img_size`` (CNNs)
-    are built without it and take any size.
-    """
-    import timm  # lazy: keeps ``import tinysiglip.students`` cheap
-
-    if not timm.is_model(image_model):
-        raise ValueError(f"unknown timm image model {image_model!r}")
-    base = dict(kwargs)
-    base.setdefault("num_classes", 0)
-    if drop_path_rate is not None:
-        base["drop_path_rate"] = drop_path_rate
-    sized = dict(base)
-    sized.setdefault("img_size", image_size)
-    sized.setdefault("dynamic_img_size", True)
-    try:
-        model = timm.create_model(image_model, pretrained=pretrained, **sized)
-    except TypeError as e:
-        if "img_size" not in str(e) and "dynamic_img_size" not in str(e):
-            raise
-        try:
-            model = timm.create_model(image_model, pretrained=pretrained, **{**base, "img_size": image_size})
-        except TypeError as e2:
-            if "img_size" not in str(e2):
-                raise
-            model = timm.create_model(image_model, pretrained=pretrained, **base)
-    return model, _head_width(model)
-
-
 def create_student(
     name: str,
     *,
@@ -210,7 +167,7 @@ def create_student(
     pretrained: bool = False,
     scale: str = "full",
     **overrides: Any,
-):
+) -> TinySigLIP:
     """Build a :class:`TinySigLIP` student.
 
     Args:
@@ -224,27 +181,8 @@ def create_student(
             local world's CPU runs; see ``StudentSpec.local_overrides``).
         **overrides: see ``OVERRIDE_KEYS`` (``text_layers``, ``text_width``, ``image_model``, ...).
     """
-    from .model import TinySigLIP
-
     if not isinstance(vocab, TokenVocab):
         raise TypeError(f"vocab must be a TokenVocab, got {type(vocab).__name__}")
-    resolved = resolve_config(name, overrides, scale)
-    image_tower, image_width = create_image_tower(
-        resolved["image_model"],
-        image_size=int(image_size),
-        pretrained=pretrained,
-        drop_path_rate=resolved["drop_path_rate"],
-        **resolved["image_kwargs"],
-    )
-    text_tower = TextTower(
-        vocab,
-        width=int(resolved["text_width"]),
-        layers=int(resolved["text_layers"]),
-        heads=int(resolved["text_heads"]),
-        mlp_ratio=float(resolved["text_mlp_ratio"]),
-        max_length=int(resolved["text_max_length"]),
-        dropout=float(resolved["text_dropout"]),
-    )
     config = {
         "name": name,
         "overrides": dict(overrides),
@@ -252,7 +190,6 @@ def create_student(
         "image_size": int(image_size),
         "pretrained": bool(pretrained),
         "scale": scale,
-        "resolved": resolved,
-        "image_width": image_width,
+        "resolved": resolve_config(name, overrides, scale),
     }
-    return TinySigLIP(image_tower, image_width, text_tower, embed_dim=int(embed_dim), config=config)
+    return TinySigLIP.from_config(config, vocab)
