@@ -11,11 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
-import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import yaml
 
+from tinysiglip.checkpoint import find_checkpoint, read_checkpoint_config, restore_checkpoint, save_checkpoint
 from tinysiglip.config.training import DEFAULT_CONFIG, ConfigError, load_config_file, resolve_config
 from tinysiglip.evaluate import retrieval_metrics
 from tinysiglip.losses import DistillationLoss, LossWeights
@@ -138,72 +138,65 @@ def evaluate_student(model: torch.nn.Module, cache_path: str | Path, **kwargs: A
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoints
+# the run's live state
 
 
-def _checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoint"
+@dataclass
+class TrainerState:
+    """Where the run is: saved as ``trainer_state.json`` in every checkpoint and resumed from it."""
+
+    epoch: int = 0
+    step: int = 0
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0  # wall time of every attempt so far, up to the last checkpoint
 
 
-def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict[str, Any], config: dict) -> None:
-    """Write into a fresh folder, then swap it in, so a kill mid-save leaves the previous checkpoint."""
-    final = _checkpoint_dir(run_dir)
-    staging = run_dir / "checkpoint.tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging)  # weights, vocab and student_config.json: `eval --student` loads it
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        },
-        staging / "optimizer.pt",
-    )
-    (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    (staging / "trainer_state.json").write_text(json.dumps(state, indent=2))
-    old = run_dir / "checkpoint.old"
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
+@dataclass
+class TrainingRun:
+    """What set-up builds and the loop updates: the objects one training run works with."""
+
+    config: dict[str, Any]
+    run_dir: Path
+    device: torch.device
+    use_bf16: bool
+    train_cache: Any  # tinysiglip.cache.TeacherCache
+    model: Any  # tinysiglip.students.TinySigLIP
+    criterion: DistillationLoss
+    normalise: Callable[[torch.Tensor], torch.Tensor]
+    pairs: Any  # tinysiglip.cache.TrainPairs
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    total_steps: int
+    started: float  # time.time() when this attempt started
+    state: TrainerState = field(default_factory=TrainerState)
+    elapsed_before: float = 0.0  # wall time of earlier attempts (from the checkpoint resumed)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["train"]["seed"])
+
+    @property
+    def epochs(self) -> int:
+        return int(self.config["train"]["epochs"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config["optim"]["batch_size"])
+
+    @property
+    def finished(self) -> bool:
+        return self.state.epoch >= self.epochs or self.state.step >= self.total_steps
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.time() - self.started)
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a config that must match for a checkpoint to be resumed."""
-    keep = copy.deepcopy(config)
-    keep["data"].pop("num_workers", None)
-    keep["train"].pop("device", None)
-    keep["train"].pop("threads", None)
-    keep["train"].pop("gpu_memory_fraction", None)
-    return keep
-
-
-def _load_checkpoint(run_dir: Path, config: dict, model, optimizer, scheduler) -> dict[str, Any] | None:
-    from safetensors.torch import load_file
-
-    folder = _checkpoint_dir(run_dir)
-    if not (folder / "trainer_state.json").exists():
-        old = run_dir / "checkpoint.old"  # killed between the two renames of a save
-        if (old / "trainer_state.json").exists():
-            os.replace(old, folder)
-        else:
-            return None
-    saved_config = yaml.safe_load((folder / "config.yaml").read_text())
-    if _comparable(saved_config) != _comparable(config):
-        raise ConfigError(
-            f"{folder} holds a checkpoint of a different config; use another run directory or delete it to start over"
-        )
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    extra = torch.load(folder / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["torch_rng"])
-    return json.loads((folder / "trainer_state.json").read_text())
+@dataclass
+class EpochOutcome:
+    loss: torch.Tensor  # the epoch's last batch: what the evaluation event shows
+    terms: dict[str, torch.Tensor]
+    error: str | None = None  # set when the loss went non-finite (the run has diverged)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,19 +214,73 @@ def run_training(
 
     ``report(event)`` is called after every evaluation; returning True stops the run (pruning).
     """
-    from tinysiglip.cache import TrainPairs, check_leakage, open_cache
-    from tinysiglip.students import create_student
-
     started = time.time()
     config = resolve_config(config)
-    run_dir = Path(run_dir)
+    run_dir = _prepare_run_dir(config, Path(run_dir))
+    device, use_bf16 = _set_up_device(config["train"])
+    _seed_everything(int(config["train"]["seed"]))
+    train_cache, leakage = _open_caches(config["data"])
+    model = _build_student(config, train_cache, device)
+    pairs = _training_pairs(config)
+    total_steps = _total_steps(config, len(pairs))
+    optimizer, scheduler = _build_optimiser(model, config["optim"], total_steps)
+    run = TrainingRun(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        use_bf16=use_bf16,
+        train_cache=train_cache,
+        model=model,
+        criterion=_build_criterion(config["loss"]),
+        normalise=_normaliser(train_cache, device),
+        pairs=pairs,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        total_steps=total_steps,
+        started=started,
+    )
+    resumed = config["train"]["checkpoint"] and _load_checkpoint(run)
+    run.result = {
+        "status": "complete",
+        "error": None,
+        "param_counts": model.parameter_counts(),
+        "device": str(device),
+        "config": config,
+        "resumed_from_epoch": run.state.epoch if resumed else None,
+        "leakage": leakage.as_record(),
+    }
+
+    model.train()
+    while not run.finished:
+        outcome = _train_one_epoch(run, progress=progress)
+        if outcome.error is not None:
+            return _finish(run, "diverged", outcome.error)
+        if _evaluation_due(run):
+            event = _evaluate(run, outcome)
+            if config["train"]["checkpoint"]:
+                _save_checkpoint(run)
+            if report is not None and report(event):
+                return _finish(run, "stopped")  # pruned: no test evaluation, no export
+    _test_and_export(run)
+    return _finish(run, "complete")
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up
+
+
+def _prepare_run_dir(config: dict[str, Any], run_dir: Path) -> Path:
+    """The run folder with the resolved config in it; the caches a run cannot do without."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    data, train_cfg, optim_cfg = config["data"], config["train"], config["optim"]
     for key in ("train_cache", "val_cache"):
-        if not data[key]:
+        if not config["data"][key]:
             raise ConfigError(f"config: data.{key} is required (a cache built by `tinysiglip cache build`)")
+    return run_dir
 
+
+def _set_up_device(train_cfg: dict[str, Any]) -> tuple[torch.device, bool]:
+    """The device, its thread / GPU-memory caps, and whether to autocast to bf16."""
     device = _pick_device(train_cfg["device"])
     if train_cfg["threads"]:
         torch.set_num_threads(int(train_cfg["threads"]))
@@ -242,8 +289,14 @@ def run_training(
     use_bf16 = train_cfg["precision"] == "bf16" or (
         train_cfg["precision"] == "auto" and device.type == "cuda"
     )
-    seed = int(train_cfg["seed"])
-    _seed_everything(seed)
+    return device, use_bf16
+
+
+def _open_caches(data: dict[str, Any]):
+    """The training cache (checked against ``data.expect``); the evaluation caches must come from the
+    same teacher, view and resolution; no training image may be in them unless ``data.allow_leakage``.
+    Returns the training cache and the leakage check's outcome (recorded with the result)."""
+    from tinysiglip.cache import check_leakage, open_cache
 
     expect = dict(data.get("expect") or {})
     train_cache = open_cache(data["train_cache"], expect=expect or None)
@@ -252,182 +305,263 @@ def run_training(
         for key in ("teacher_fingerprint", "teacher_view", "teacher_fingerprints", "embed_dim", "image_size")
     }
     for key in ("val_cache", "test_cache"):
-        if data.get(key):  # evaluation caches must come from the same teacher as the training cache
+        if data.get(key):
             open_cache(data[key], expect=same_teacher)
     leakage = check_leakage(
         train_cache, {"val": data["val_cache"], "test": data["test_cache"]}, allow=data["allow_leakage"]
     )
-    vocab = _make_vocab(train_cache)
+    return train_cache, leakage
+
+
+def _build_student(config: dict[str, Any], train_cache, device: torch.device):
+    """The student at the teacher's width and resolution, over the token ids the cache holds."""
+    from tinysiglip.students import create_student
+
+    student_cfg, loss_cfg = config["student"], config["loss"]
     model = create_student(
-        config["student"]["name"],
+        student_cfg["name"],
         embed_dim=train_cache.embed_dim,
         image_size=train_cache.image_size,
-        vocab=vocab,
-        pretrained=bool(config["student"]["pretrained"]),
-        scale=config["student"]["scale"],
-        **dict(config["student"]["overrides"] or {}),
+        vocab=_make_vocab(train_cache),
+        pretrained=bool(student_cfg["pretrained"]),
+        scale=student_cfg["scale"],
+        **dict(student_cfg["overrides"] or {}),
     ).to(device)
     model.config["training_cache"] = train_cache.training_record()  # eval refuses caches of other teachers
     with torch.no_grad():
-        model.logit_scale.fill_(math.log(float(config["loss"]["init_logit_scale"])))
-        model.logit_bias.fill_(float(config["loss"]["init_logit_bias"]))
-    param_counts = model.parameter_counts()
-    loss_cfg = config["loss"]
-    criterion = DistillationLoss(
-        LossWeights(
-            feat=float(loss_cfg["feat"]),
-            affinity=float(loss_cfg["affinity"]),
-            contrast=float(loss_cfg["contrast"]),
-        ),
-        contrastive=loss_cfg["contrastive"],
-    )
-    teacher_logit_scale = float(train_cache.logit_scale)
-    normalise = _normaliser(train_cache, device)
+        model.logit_scale.fill_(math.log(float(loss_cfg["init_logit_scale"])))
+        model.logit_bias.fill_(float(loss_cfg["init_logit_bias"]))
+    return model
 
-    pairs = TrainPairs(
-        data["train_cache"], seed=seed, embeddings_in_memory=bool(data["embeddings_in_memory"])
+
+def _build_criterion(loss_cfg: dict[str, Any]) -> DistillationLoss:
+    weights = LossWeights(
+        feat=float(loss_cfg["feat"]),
+        affinity=float(loss_cfg["affinity"]),
+        contrast=float(loss_cfg["contrast"]),
     )
-    batch_size = int(optim_cfg["batch_size"])
+    return DistillationLoss(weights, contrastive=loss_cfg["contrastive"])
+
+
+def _training_pairs(config: dict[str, Any]):
+    """One caption per image of the training cache (redrawn each epoch by ``set_epoch``)."""
+    from tinysiglip.cache import TrainPairs
+
+    data = config["data"]
+    pairs = TrainPairs(
+        data["train_cache"],
+        seed=int(config["train"]["seed"]),
+        embeddings_in_memory=bool(data["embeddings_in_memory"]),
+    )
+    batch_size = int(config["optim"]["batch_size"])
     if len(pairs) < batch_size:
         raise ConfigError(
             f"optim.batch_size={batch_size} is larger than the training cache ({len(pairs)} images in {data['train_cache']})"
         )
-    steps_per_epoch = len(pairs) // batch_size
-    epochs = int(train_cfg["epochs"])
-    total_steps = steps_per_epoch * epochs
-    if train_cfg["max_steps"]:
-        total_steps = min(total_steps, int(train_cfg["max_steps"]))
+    return pairs
+
+
+def _total_steps(config: dict[str, Any], num_pairs: int) -> int:
+    """Optimiser steps of the whole run: full batches per epoch × epochs, capped by ``train.max_steps``."""
+    total = (num_pairs // int(config["optim"]["batch_size"])) * int(config["train"]["epochs"])
+    if config["train"]["max_steps"]:
+        total = min(total, int(config["train"]["max_steps"]))
+    return total
+
+
+def _build_optimiser(model, optim_cfg: dict[str, Any], total_steps: int):
+    """AdamW (no decay on biases, norms, logit scale/bias) with linear warm-up then cosine decay."""
     optimizer = torch.optim.AdamW(
         _param_groups(model, float(optim_cfg["weight_decay"])), lr=float(optim_cfg["lr"])
     )
     warmup = int(round(float(optim_cfg["warmup_fraction"]) * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+    return optimizer, scheduler
 
-    state = {"epoch": 0, "step": 0, "val_history": [], "elapsed_s": 0.0}
-    resumed = (
-        _load_checkpoint(run_dir, config, model, optimizer, scheduler) if train_cfg["checkpoint"] else None
+
+# ---------------------------------------------------------------------------------------------
+# one epoch
+
+
+def _epoch_loader(run: TrainingRun, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
+    """The epoch's batches: each image with the caption drawn for this epoch, shuffled by (seed, epoch)."""
+    run.pairs.set_epoch(epoch)
+    order = torch.Generator().manual_seed(run.seed * 1_000_003 + epoch)
+    return torch.utils.data.DataLoader(
+        run.pairs,
+        batch_size=run.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=order,
+        num_workers=int(run.config["data"]["num_workers"]),
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=False,
     )
-    if resumed:
-        state = resumed
-    elapsed_before = float(state.get("elapsed_s", 0.0))
 
-    result: dict[str, Any] = {
-        "status": "complete",
-        "error": None,
-        "param_counts": param_counts,
-        "device": str(device),
-        "config": config,
-        "resumed_from_epoch": state["epoch"] if resumed else None,
-        "leakage": leakage.as_record(),
+
+def _train_one_epoch(run: TrainingRun, *, progress: bool = False) -> EpochOutcome:
+    """Optimiser steps over one epoch (or up to ``total_steps``); stops early on a non-finite loss."""
+    epoch, state = run.state.epoch, run.state
+    batches = _epoch_loader(run, epoch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False)
+    # A non-finite loss ends the run. On a GPU, reading the flag every step would stall the
+    # pipeline on a device sync, so it is read every `check_every` steps and at the end of the epoch.
+    check_every = 1 if run.device.type == "cpu" else 50
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
+    for batch in batches:
+        if state.step >= run.total_steps:
+            break
+        terms = _loss_terms(run, batch)
+        loss = sum(value for key, value in terms.items() if key.endswith("_loss"))
+        nonfinite |= ~torch.isfinite(loss.detach())
+        if (state.step + 1) % check_every == 0 and bool(nonfinite):
+            values = {key: float(value.detach()) for key, value in terms.items()}
+            where = "at" if check_every == 1 else "at or before"
+            error = f"non-finite loss {where} step {state.step} (epoch {epoch + 1}): {values}"
+            return EpochOutcome(loss, terms, error=error)
+        _optimiser_step(run, loss)
+        state.step += 1
+    if bool(nonfinite):
+        return EpochOutcome(
+            loss, terms, error=f"non-finite loss before step {state.step} (epoch {epoch + 1})"
+        )
+    state.epoch = epoch + 1
+    return EpochOutcome(loss, terms)
+
+
+def _loss_terms(run: TrainingRun, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Student forward on one batch and the distillation terms against the cached teacher embeddings."""
+    model, device = run.model, run.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        student_image = model.encode_image(run.normalise(batch["pixels"]))
+        student_text = model.encode_text(batch["input_ids"].to(device, non_blocking=True))
+        return run.criterion(
+            student_image=student_image.float(),
+            student_text=student_text.float(),
+            teacher_image=batch["teacher_image_embed"].to(device, non_blocking=True),
+            teacher_text=batch["teacher_text_embed"].to(device, non_blocking=True),
+            logit_scale=model.logit_scale.exp(),
+            logit_bias=model.logit_bias,
+            teacher_logit_scale=float(run.train_cache.logit_scale),
+            image_index=batch["image_index"].to(device),
+            caption_image_index=batch["image_index"].to(device),
+        )
+
+
+def _optimiser_step(run: TrainingRun, loss: torch.Tensor) -> None:
+    grad_clip = run.config["optim"]["grad_clip"]
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(grad_clip))
+    run.optimizer.step()
+    run.scheduler.step()
+    with torch.no_grad():  # SigLIP clamps its temperature; so do we
+        run.model.logit_scale.clamp_(max=math.log(100.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _evaluation_due(run: TrainingRun) -> bool:
+    """Every ``eval_every_epochs`` epochs, and always after the last one."""
+    every = max(1, int(run.config["train"]["eval_every_epochs"]))
+    return run.state.epoch % every == 0 or run.finished
+
+
+def _evaluate(run: TrainingRun, outcome: EpochOutcome) -> dict[str, Any]:
+    """Recall@K on the validation cache → the event that goes to ``report`` and the history."""
+    metrics = evaluate_student(
+        run.model, run.config["data"]["val_cache"], device=run.device, autocast=run.use_bf16
+    )
+    event = {
+        "epoch": run.state.epoch,
+        "step": run.state.step,
+        "metrics": metrics,
+        "objective": metrics[run.config["objective"]["metric"]],
+        "loss": float(outcome.loss.detach()),
+        "terms": {key: float(value.detach()) for key, value in outcome.terms.items()},
+        "time_s": run.elapsed(),
     }
-    direction = config["objective"]["direction"]
-    metric = config["objective"]["metric"]
-    eval_every = max(1, int(train_cfg["eval_every_epochs"]))
-    stop = False
+    run.state.val_history.append(event)
+    run.state.elapsed_s = run.elapsed()
+    return event
 
-    def finish(status: str, error: str | None = None) -> dict[str, Any]:
-        result.update(
-            status=status,
-            error=error,
-            epochs_done=state["epoch"],
-            steps=state["step"],
-            val_history=state["val_history"],
-            val_metrics=state["val_history"][-1]["metrics"] if state["val_history"] else None,
-            wall_time_s=elapsed_before + (time.time() - started),
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _save_checkpoint(run: TrainingRun) -> None:
+    save_checkpoint(
+        run.run_dir,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        trainer_state=asdict(run.state),
+        config=run.config,
+    )
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that must match for a checkpoint to be resumed."""
+    keep = copy.deepcopy(config)
+    keep["data"].pop("num_workers", None)
+    keep["train"].pop("device", None)
+    keep["train"].pop("threads", None)
+    keep["train"].pop("gpu_memory_fraction", None)
+    return keep
+
+
+def _load_checkpoint(run: TrainingRun) -> bool:
+    """Resume from ``run_dir/checkpoint`` when there is one (weights, optimiser, schedule, RNG and
+    ``run.state``); False when there is none. A checkpoint of another config is an error."""
+    folder = find_checkpoint(run.run_dir)
+    if folder is None:
+        return False
+    if _comparable(read_checkpoint_config(folder)) != _comparable(run.config):
+        raise ConfigError(
+            f"{folder} holds a checkpoint of a different config; use another run directory or delete it to start over"
         )
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
-        return result
+    saved = restore_checkpoint(folder, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+    run.state = TrainerState(**saved)
+    run.elapsed_before = float(run.state.elapsed_s)
+    return True
 
-    check_every = 1 if device.type == "cpu" else 50
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    model.train()
-    while state["epoch"] < epochs and state["step"] < total_steps and not stop:
-        epoch = state["epoch"]
-        pairs.set_epoch(epoch)
-        order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        loader = torch.utils.data.DataLoader(
-            pairs,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=order,
-            num_workers=int(data["num_workers"]),
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
-        batches = loader
-        if progress:
-            from tqdm.auto import tqdm
 
-            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        for batch in batches:
-            if state["step"] >= total_steps:
-                break
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                student_image = model.encode_image(normalise(batch["pixels"]))
-                student_text = model.encode_text(batch["input_ids"].to(device, non_blocking=True))
-                terms = criterion(
-                    student_image=student_image.float(),
-                    student_text=student_text.float(),
-                    teacher_image=batch["teacher_image_embed"].to(device, non_blocking=True),
-                    teacher_text=batch["teacher_text_embed"].to(device, non_blocking=True),
-                    logit_scale=model.logit_scale.exp(),
-                    logit_bias=model.logit_bias,
-                    teacher_logit_scale=teacher_logit_scale,
-                    image_index=batch["image_index"].to(device),
-                    caption_image_index=batch["image_index"].to(device),
-                )
-            loss = sum(value for key, value in terms.items() if key.endswith("_loss"))
-            # A non-finite loss ends the run. On a GPU, reading the flag every step would stall the
-            # pipeline on a device sync, so it is read every `check_every` steps and before evaluating.
-            nonfinite |= ~torch.isfinite(loss.detach())
-            if (state["step"] + 1) % check_every == 0 and bool(nonfinite):
-                values = {key: float(value.detach()) for key, value in terms.items()}
-                where = "at" if check_every == 1 else "at or before"
-                return finish(
-                    "diverged", f"non-finite loss {where} step {state['step']} (epoch {epoch + 1}): {values}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if optim_cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(optim_cfg["grad_clip"]))
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():  # SigLIP clamps its temperature; so do we
-                model.logit_scale.clamp_(max=math.log(100.0))
-            state["step"] += 1
-        if bool(nonfinite):
-            return finish("diverged", f"non-finite loss before step {state['step']} (epoch {epoch + 1})")
-        state["epoch"] = epoch + 1
+# ---------------------------------------------------------------------------------------------
+# the end of a run
 
-        last_epoch = state["epoch"] >= epochs or state["step"] >= total_steps
-        if state["epoch"] % eval_every == 0 or last_epoch:
-            metrics = evaluate_student(model, data["val_cache"], device=device, autocast=use_bf16)
-            event = {
-                "epoch": state["epoch"],
-                "step": state["step"],
-                "metrics": metrics,
-                "objective": metrics[metric],
-                "loss": float(loss.detach()),
-                "terms": {key: float(value.detach()) for key, value in terms.items()},
-                "time_s": elapsed_before + (time.time() - started),
-            }
-            state["val_history"].append(event)
-            state["elapsed_s"] = elapsed_before + (time.time() - started)
-            if train_cfg["checkpoint"]:
-                _save_checkpoint(run_dir, model, optimizer, scheduler, state, config)
-            if report is not None and report(event):
-                stop = True
 
-    if stop:
-        return finish("stopped")
-    if data.get("test_cache"):
-        result["test_metrics"] = evaluate_student(model, data["test_cache"], device=device, autocast=use_bf16)
-    else:
-        result["test_metrics"] = None
-    _export_student(model, run_dir, config, train_cache)
-    _ = direction  # the objective's direction is for the caller (sweep); kept in the resolved config
-    return finish("complete")
+def _test_and_export(run: TrainingRun) -> None:
+    """A complete run: Recall@K on the test cache (final runs have one) and the exported student."""
+    test_cache = run.config["data"].get("test_cache")
+    run.result["test_metrics"] = (
+        evaluate_student(run.model, test_cache, device=run.device, autocast=run.use_bf16)
+        if test_cache
+        else None
+    )
+    _export_student(run.model, run.run_dir, run.config, run.train_cache)
+
+
+def _finish(run: TrainingRun, status: str, error: str | None = None) -> dict[str, Any]:
+    """The result (also written to ``run_dir/result.json``)."""
+    history = run.state.val_history
+    run.result.update(
+        status=status,
+        error=error,
+        epochs_done=run.state.epoch,
+        steps=run.state.step,
+        val_history=history,
+        val_metrics=history[-1]["metrics"] if history else None,
+        wall_time_s=run.elapsed(),
+    )
+    (run.run_dir / "result.json").write_text(json.dumps(run.result, indent=2, default=str))
+    return run.result
 
 
 def _export_student(model, run_dir: Path, config: dict[str, Any], train_cache) -> None:
