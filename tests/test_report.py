@@ -172,10 +172,10 @@ def test_table1_teacher_nokd_best(report):
 
 
 def test_cost_table_counts(report, study_db):
-    from tinysiglip.results.store import open_store
+    from tinysiglip.results import cost_summary, load_runs, open_store
 
     store = open_store(study_db[0], create=False)
-    summary = store.cost_summary(STUDY_NAME)
+    summary = cost_summary(load_runs(store, STUDY_NAME))
     with (report / "table_cost.csv").open() as f:
         rows = {r["cell"]: r for r in csv.DictReader(f)}
     total = rows["Total (study)"]

@@ -414,13 +414,6 @@ class StudyStore:
                 out.setdefault(r.run_id, []).append(_to_record(EvaluationRecord, r))
         return out
 
-    def cost_summary(self, study_name: str) -> dict[str, dict[str, Any]]:
-        """Per cell (and ``"__total__"``): runs by kind and status, trial-epochs saved by pruning,
-        wall time, GPU-hours and CPU-hours (computed from :func:`~.frames.load_runs`, as the report does)."""
-        from tinysiglip.results.frames import cost_summary, load_runs
-
-        return cost_summary(load_runs(self, study_name))
-
     # ------------------------------------------------------------------------- teacher metrics
     def record_teacher_metrics(
         self,

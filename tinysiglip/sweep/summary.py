@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tinysiglip.results.frames import cost_summary, load_runs
 from tinysiglip.results.store import StudyStore
 
 __all__ = ["SweepSummary", "summarize", "summary_lines"]
@@ -24,7 +25,7 @@ class SweepSummary:
 def summarize(study, store: StudyStore, ostudies: dict) -> dict[str, dict]:
     import optuna
 
-    cost = store.cost_summary(study.name)
+    cost = cost_summary(load_runs(store, study.name))
     out = {}
     for c in study.cells:
         trials = ostudies[c.name].get_trials(deepcopy=False)
