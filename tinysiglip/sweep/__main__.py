@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tinysiglip.sweep.driver import run_sweep
     from tinysiglip.sweep.options import SweepOptions
-    from tinysiglip.sweep.plan import apply_overrides, plan_text
+    from tinysiglip.sweep.preflight import apply_overrides, plan_text
     from tinysiglip.sweep.study import load_study
     from tinysiglip.sweep.trainable import import_function
 

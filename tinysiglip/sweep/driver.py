@@ -32,7 +32,7 @@ from pathlib import Path
 from tinysiglip.results.store import open_store, optuna_storage, redact_url
 from tinysiglip.sweep.final import queue_final_runs
 from tinysiglip.sweep.options import SweepError, SweepOptions
-from tinysiglip.sweep.plan import apply_overrides, check_resources
+from tinysiglip.sweep.preflight import apply_overrides, check_resources
 from tinysiglip.sweep.prepare import (
     check_fresh,
     open_cell_studies,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tinysiglip.sweep.callback import AttemptRecorder
 from tinysiglip.sweep.options import SweepOptions
-from tinysiglip.sweep.plan import gpu_count
+from tinysiglip.sweep.preflight import gpu_count
 from tinysiglip.sweep.scheduler import OptunaPruningScheduler
 from tinysiglip.sweep.searcher import CellSearcher
 from tinysiglip.sweep.state import SweepState
