@@ -52,6 +52,28 @@ def test_val_and_test_do_not_depend_on_train_size(tmp_path):
     assert all(a[k] == b[k] for k in a if k.startswith("images/val") or k.startswith("images/test"))
 
 
+def test_pretrain_split_is_the_teachers_own_corpus(tmp_path):
+    """The pretraining split changes no byte of the COCO-like splits, shares no image or id with
+    them, is read by the COCO loader, and stays out of the Karpathy-style file."""
+    without = make_shapes(tmp_path / "a", sizes=SMALL)
+    with_pretrain = make_shapes(tmp_path / "b", sizes={**SMALL, "pretrain": 30})
+    a, b = _hashes(without.root), _hashes(with_pretrain.root)
+    assert {k: v for k, v in b.items() if "pretrain" not in k and k != "shapes_dataset.json"} == {
+        k: v for k, v in a.items() if k != "shapes_dataset.json"
+    }
+    pretrain = with_pretrain.load("pretrain")
+    assert pretrain.split == "pretrain" and len(pretrain.records) == 30
+    assert all(len(r.captions) >= 5 for r in pretrain.records)
+    others = [with_pretrain.load(split) for split in SMALL]
+    other_ids = {r.image_id for d in others for r in d.records}
+    assert not {r.image_id for r in pretrain.records} & other_ids
+    other_images = {hashlib.sha256(r.path.read_bytes()).digest() for d in others for r in d.records}
+    assert not {hashlib.sha256(r.path.read_bytes()).digest() for r in pretrain.records} & other_images
+    karpathy = json.loads(with_pretrain.karpathy_file.read_text())
+    assert {image["split"] for image in karpathy["images"]} == set(SMALL)
+    assert json.loads((with_pretrain.root / "shapes_dataset.json").read_text())["sizes"]["pretrain"] == 30
+
+
 def test_coco_round_trip_and_disjoint_ids(tmp_path):
     paths = make_shapes(tmp_path / "shapes", sizes=SMALL, image_size=48)
     ids = {}
@@ -126,7 +148,7 @@ def test_refuses_foreign_non_empty_folder_and_rewrites_own(tmp_path):
 
 
 def test_bad_sizes(tmp_path):
-    with pytest.raises(DatasetError, match="unknown split"):
+    with pytest.raises(DatasetError, match="unknown split.*valid: train, val, test, pretrain"):
         make_shapes(tmp_path / "x", sizes={"training": 3})
     with pytest.raises(DatasetError, match="sizes\\['val'\\]"):
         make_shapes(tmp_path / "x", sizes={"val": -1})

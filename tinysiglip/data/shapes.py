@@ -4,6 +4,12 @@ Images hold one or two coloured shapes on a plain or lightly noisy gray backgrou
 one cell of a 3x3 grid. Every caption only states facts drawn in the image (shape, colour, size,
 grid position, left/right/above/below between two shapes), and the facts combine, so retrieval has
 hard negatives: the same shapes in other colours or places. Same seed and sizes -> same bytes.
+
+Besides the COCO-like splits (train / val / test, also listed in the Karpathy-style file) the dataset
+can hold a ``pretrain`` split: more images drawn from a random stream of their own, written as their
+own COCO captions file and left out of the Karpathy file. It plays the web-scale corpus a real
+teacher was trained on (SigLIP 2's WebLI): the local teachers learn from it, students never see it,
+and it shares no image with train / val / test.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from PIL import Image, ImageDraw
 
 from tinysiglip.data.records import CaptionDataset, DatasetError
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the COCO-like splits, in the Karpathy-style file
+PRETRAIN = "pretrain"  # the teachers' own corpus: a COCO captions file, not in the Karpathy file
+ALL_SPLITS = (*SPLITS, PRETRAIN)  # the index of a split picks its random stream and id block
 DEFAULT_SIZES = {"train": 4000, "val": 300, "test": 300}
 ID_BLOCK = 1_000_000  # image ids of split k are k*ID_BLOCK + 1 ...: disjoint whatever the sizes
 JPEG_QUALITY = 92
@@ -212,15 +220,17 @@ def _tokens(caption: str) -> list[str]:
 
 def _check_sizes(sizes: dict[str, int] | None) -> dict[str, int]:
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
-    unknown = sorted(set(sizes) - set(SPLITS))
+    unknown = sorted(set(sizes) - set(ALL_SPLITS))
     if unknown:
-        raise DatasetError(f"make_shapes: unknown split(s) {unknown} in sizes; valid: {', '.join(SPLITS)}")
+        raise DatasetError(
+            f"make_shapes: unknown split(s) {unknown} in sizes; valid: {', '.join(ALL_SPLITS)}"
+        )
     for split, count in sizes.items():
         if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count < ID_BLOCK:
             raise DatasetError(
                 f"make_shapes: sizes[{split!r}] must be an int in [0, {ID_BLOCK}), got {count!r}"
             )
-    return {split: sizes[split] for split in SPLITS if sizes.get(split, 0) > 0}
+    return {split: sizes[split] for split in ALL_SPLITS if sizes.get(split, 0) > 0}
 
 
 def _prepare_out_dir(root: Path) -> None:
@@ -248,7 +258,8 @@ def make_shapes(
     """Write the shapes dataset: ``images/<split>/*.jpg``, ``annotations/captions_<split>.json``
     (COCO captions schema) and ``dataset_shapes.json`` (Karpathy schema, all splits).
 
-    Each split draws from its own random stream, so val/test do not change when train grows.
+    Each split draws from its own random stream, so val/test do not change when train grows, and
+    adding a ``pretrain`` split changes no byte of the other splits or of the Karpathy file.
     """
     if image_size < 24:
         raise DatasetError(f"make_shapes: image_size must be at least 24 pixels, got {image_size}")
@@ -262,7 +273,7 @@ def make_shapes(
     image_roots: dict[str, Path] = {}
     karpathy_images: list[dict] = []
     sentence_id = 0
-    for split_index, split in enumerate(SPLITS):
+    for split_index, split in enumerate(ALL_SPLITS):
         if split not in counts:
             continue
         rng = np.random.default_rng([seed, split_index])
@@ -303,17 +314,18 @@ def make_shapes(
                         "sentid": sentence_id,
                     }
                 )
-            karpathy_images.append(
-                {
-                    "filepath": split,
-                    "sentids": [s["sentid"] for s in sentences],
-                    "filename": file_name,
-                    "imgid": len(karpathy_images),
-                    "split": split,
-                    "sentences": sentences,
-                    "cocoid": image_id,
-                }
-            )
+            if split != PRETRAIN:  # the teachers' corpus is no part of the COCO-like Karpathy file
+                karpathy_images.append(
+                    {
+                        "filepath": split,
+                        "sentids": [s["sentid"] for s in sentences],
+                        "filename": file_name,
+                        "imgid": len(karpathy_images),
+                        "split": split,
+                        "sentences": sentences,
+                        "cocoid": image_id,
+                    }
+                )
         annotation_file = root / "annotations" / f"captions_{split}.json"
         header = {
             "description": f"TinySigLIP synthetic shapes, seed {seed}, {image_size}px",
