@@ -176,11 +176,14 @@ def train_local_teacher(
     image_size: int | None = None,
     progress: bool = True,
     num_threads: int | None = 2,
+    device: str = "cpu",
     **overrides: Any,
 ) -> Path:
     """Train (or reuse) the local-world teacher on ``train`` and save it to ``out_dir``.
 
     ``overrides`` are LocalTeacherConfig fields (hidden, vision_layers, lr, ...); unknown names fail.
+    ``device``: the local world trains on the CPU (its bytes then do not depend on a GPU's kernels);
+    a GPU only speeds up experiments with the teacher's settings.
     Returns ``out_dir``. A folder that already holds a complete teacher trained with the same config,
     seed and data is returned as is; any other non-empty folder without our marker is refused.
     """
@@ -244,13 +247,13 @@ def train_local_teacher(
     )
     from transformers import SiglipModel
 
-    model = SiglipModel(model_config)
+    model = SiglipModel(model_config).to(device)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(config.init_logit_scale))
         model.logit_bias.fill_(config.init_logit_bias)
     model.train()
     # The Teacher wrapper gives the exact resize / normalisation / tokenisation of the saved folder.
-    teacher = Teacher(model=model, processor=processor, source=str(out_dir))
+    teacher = Teacher(model=model, processor=processor, source=str(out_dir), device=device)
 
     started = time.perf_counter()
     train_pixels = _decode_pixels(train, teacher, progress)
@@ -310,8 +313,8 @@ def train_local_teacher(
             captions_of_image[i][pick % len(captions_of_image[i])]
             for i, pick in zip(image_indices.tolist(), picks, strict=True)
         ]
-        pixels = _shift(train_pixels[image_indices], config.augment_shift, generator)
-        input_ids = train_tokens[caption_indices]
+        pixels = _shift(train_pixels[image_indices], config.augment_shift, generator).to(device)
+        input_ids = train_tokens[caption_indices].to(device)
 
         image_embeds = model.get_image_features(pixel_values=teacher.normalize_pixels(pixels)).pooler_output
         text_embeds = model.get_text_features(input_ids=input_ids).pooler_output
@@ -331,7 +334,7 @@ def train_local_teacher(
             bar.set_postfix(loss=f"{last_loss:.3f}", scale=f"{float(model.logit_scale.exp()):.1f}")
     train_seconds = time.perf_counter() - train_started
 
-    model.eval()
+    model.eval().to("cpu")
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
 
