@@ -6,11 +6,16 @@ COCO loader; the teachers are ``SiglipModel`` checkpoints saved with ``save_pret
 ``AutoModel``/``AutoProcessor``; the caches are built by ``tinysiglip cache build``'s code.
 
 Three teacher sizes stand in for SigLIP 2 Base / Large / So400m so that the scaling study keeps its
-teacher axis. Layout under the root (``$TINYSIGLIP_LOCAL_WORLD``, default ``.tinysiglip/local_world``)::
+teacher axis. Like SigLIP 2 (trained on WebLI, evaluated on COCO), the teachers learn from a
+pretraining split that no student sees, longer than any local student trains, so the students work
+below a teacher they cannot catch up with at the demo's budget, as in the real setting.
+Layout under the root (``$TINYSIGLIP_LOCAL_WORLD``, default ``.tinysiglip/local_world``)::
 
-    <root>/<size>/shapes/                    synthetic dataset (COCO + Karpathy files, JPEGs)
+    <root>/<size>/shapes/                    synthetic dataset (COCO + Karpathy files, JPEGs; the
+                                             pretrain split has its own COCO file only)
     <root>/<size>/teachers/local-m/          Hugging Face checkpoint + processor
-    <root>/<size>/caches/local-m/test.h5     HDF5 teacher caches per split
+    <root>/<size>/caches/local-m/test.h5     HDF5 teacher caches per split (source.json: what they
+                                             were built from; caches of another teacher are rebuilt)
 
 ``size`` is ``default`` (the demo) or ``tiny`` (the smallest budget, used by the test suite).
 """
@@ -18,7 +23,9 @@ teacher axis. Layout under the root (``$TINYSIGLIP_LOCAL_WORLD``, default ``.tin
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +34,7 @@ from typing import Any
 from tinysiglip.errors import TinySigLIPError
 
 SPLITS = ("train", "val", "test")
+PRETRAIN = "pretrain"  # the teachers' own corpus (the stand-in for WebLI); students never see it
 
 # Teacher sizes; every name maps to LocalTeacherConfig overrides.
 LOCAL_TEACHERS: dict[str, dict[str, Any]] = {
@@ -41,15 +49,21 @@ class WorldSize:
     """How big the world's data and teacher training are."""
 
     name: str
-    sizes: dict[str, int]
+    sizes: dict[str, int]  # train / val / test (the students' COCO) and pretrain (the teachers' corpus)
     teacher_steps: int | None = None  # None: LocalTeacherConfig default
     image_size: int = 64
     teacher_overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# The default world has the real setting's shape: its teachers learn from a corpus five times the
+# students' training split (SigLIP 2 from WebLI, students from COCO) for 1,200 steps of 128 pairs, 13x
+# the pairs of a demo final run (3 epochs of 4,000 images), so no student catches up at the demo's
+# budget. 1,000 test images keep bootstrap intervals of the A study's differences near +-1 R@1 point.
 WORLD_SIZES = {
-    "default": WorldSize("default", {"train": 4000, "val": 300, "test": 300}),
-    "tiny": WorldSize("tiny", {"train": 512, "val": 96, "test": 96}, teacher_steps=120),
+    "default": WorldSize(
+        "default", {"train": 4000, "val": 300, "test": 1000, "pretrain": 20000}, teacher_steps=1200
+    ),
+    "tiny": WorldSize("tiny", {"train": 512, "val": 96, "test": 96, "pretrain": 1024}, teacher_steps=120),
 }
 
 _LOCK = threading.Lock()
@@ -75,6 +89,7 @@ class LocalWorld:
     root: Path
     size: WorldSize
     progress: bool = True
+    _teacher_dirs: dict[str, Path] = field(default_factory=dict, repr=False)
 
     @property
     def base(self) -> Path:
@@ -89,7 +104,7 @@ class LocalWorld:
         from tinysiglip.data import load_coco_captions, make_shapes
 
         with _LOCK:
-            if not (self.shapes_dir / "shapes_dataset.json").exists():
+            if self._written_shapes() != self._shapes_recipe():  # missing, or written by another version
                 if self.progress:
                     print(
                         f"[local world] writing the synthetic shapes dataset to {self.shapes_dir}", flush=True
@@ -97,6 +112,21 @@ class LocalWorld:
                 make_shapes(self.shapes_dir, seed=0, sizes=self.size.sizes, image_size=self.size.image_size)
         annotation = self.shapes_dir / "annotations" / f"captions_{split}.json"
         return load_coco_captions(annotation, self.shapes_dir / "images" / split, name="shapes", split=split)
+
+    def _shapes_recipe(self) -> dict[str, Any]:
+        sizes = {split: count for split, count in self.size.sizes.items() if count > 0}
+        return {"seed": 0, "sizes": sizes, "image_size": self.size.image_size}
+
+    def _written_shapes(self) -> dict[str, Any] | None:
+        try:
+            marker = json.loads((self.shapes_dir / "shapes_dataset.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return {key: marker.get(key) for key in ("seed", "sizes", "image_size")}
+
+    def teacher_training_data(self):
+        """What the teachers learn from: the pretraining corpus when the world has one, else train."""
+        return self.dataset(PRETRAIN if self.size.sizes.get(PRETRAIN) else "train")
 
     def teacher_path(self, name: str = "local-m") -> Path:
         """A trained local teacher in Hugging Face format (trained on first use, about a minute or more)."""
@@ -106,15 +136,17 @@ class LocalWorld:
             raise LocalWorldError(
                 f"unknown local teacher {name!r}; the local world has {', '.join(LOCAL_TEACHERS)}"
             )
+        if name in self._teacher_dirs:
+            return self._teacher_dirs[name]
         out = self.base / "teachers" / name
         overrides = {**self.size.teacher_overrides, **LOCAL_TEACHERS[name]}
         if self.size.teacher_steps is not None:
             overrides["steps"] = self.size.teacher_steps
         if self.progress and not (out / "config.json").exists():
             print(f"[local world] training the local teacher {name} into {out}", flush=True)
-        return Path(
+        self._teacher_dirs[name] = Path(
             train_local_teacher(
-                self.dataset("train"),
+                self.teacher_training_data(),
                 out,
                 val=self.dataset("val"),
                 test=self.dataset("test"),
@@ -124,6 +156,7 @@ class LocalWorld:
                 **overrides,
             )
         )
+        return self._teacher_dirs[name]
 
     def cache_path(self, teacher: str = "local-m", split: str = "train") -> Path:
         """The HDF5 teacher cache of ``teacher`` over ``split`` (built on first use)."""
@@ -131,8 +164,10 @@ class LocalWorld:
 
         if split not in SPLITS:
             raise LocalWorldError(f"unknown split {split!r}; the local world has {', '.join(SPLITS)}")
-        out = self.base / "caches" / teacher / f"{split}.h5"
-        teacher_dir = self.teacher_path(teacher)
+        teacher_dir = self.teacher_path(teacher)  # trained on first use; later calls only check it
+        folder = self.base / "caches" / teacher
+        self._drop_stale_caches(folder, teacher_dir)
+        out = folder / f"{split}.h5"
         if out.exists():
             from tinysiglip.cache import CacheError, open_cache
 
@@ -150,12 +185,34 @@ class LocalWorld:
                     flush=True,
                 )
                 os.replace(out, rejected)
-        out.parent.mkdir(parents=True, exist_ok=True)
         if self.progress:
             print(f"[local world] building the {split} cache of {teacher} at {out}", flush=True)
         return Path(
             build_cache(str(teacher_dir), self.dataset(split), out, batch_size=128, progress=self.progress)
         )
+
+    def _drop_stale_caches(self, folder: Path, teacher_dir: Path) -> None:
+        """Caches built from another teacher or other data (an earlier version's world) go away."""
+        from tinysiglip.teacher.local import read_local_teacher_info
+
+        source = {
+            "teacher_fingerprint": (read_local_teacher_info(teacher_dir) or {}).get("fingerprint"),
+            "shapes": self._shapes_recipe(),  # the data dataset() writes and checks
+        }
+        stamp = folder / "source.json"
+        with _LOCK:
+            try:
+                current = json.loads(stamp.read_text())
+            except (OSError, ValueError):
+                current = None
+            if current == source:
+                return
+            if folder.exists():
+                if self.progress:
+                    print(f"[local world] {folder} holds caches of another teacher or data: rebuilding")
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            stamp.write_text(json.dumps(source, indent=2, sort_keys=True) + "\n")
 
     def ensure(self, teachers: tuple[str, ...] = ("local-m",)) -> LocalWorld:
         for teacher in teachers:
