@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from tinysiglip.local_world import SPLITS, LocalWorld, WorldSize, local_world
 from tinysiglip.sweep.caches import default_cache_dir
@@ -61,6 +62,10 @@ def test_caches_of_another_teacher_are_rebuilt(tmp_path, monkeypatch):
         return Path(out)
 
     monkeypatch.setattr(tinysiglip.cache, "build_cache", fake_build)
+    # the fake caches are text files: this test is about the stamp, not the checks at open
+    monkeypatch.setattr(
+        tinysiglip.cache, "open_cache", lambda path, **kwargs: SimpleNamespace(close=lambda: None)
+    )
     first = world.cache_path("local-m", "val")
     assert world.cache_path("local-m", "val") == first and len(builds) == 1
     marker.write_text(json.dumps({"fingerprint": "retrained"}))
