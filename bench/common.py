@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-RESULTS = BENCH_DIR / "RESULTS.md"
+# where report() appends its sections (bench/run_gpu.sh points it into $OUT)
+RESULTS = Path(os.environ.get("TSL_BENCH_RESULTS", BENCH_DIR / "RESULTS.md"))
 DEFAULT_WORK = Path(os.environ.get("TSL_BENCH_DIR", "/tmp/tsl_bench"))
 
 
@@ -128,6 +129,96 @@ def command_line() -> str:
     return f"python -m bench.{Path(sys.argv[0]).stem} " + " ".join(sys.argv[1:])
 
 
+def load_module_version(source: str, relpath: str, work: Path):
+    """Import another version of a tinysiglip module for a side-by-side run: ``source`` is a file,
+    or ``git:REV`` (the module at that commit, read with git show)."""
+    import importlib.util
+    import subprocess
+
+    path = Path(source)
+    if source.startswith("git:"):
+        text = subprocess.run(
+            ["git", "show", f"{source[4:]}:{relpath}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=BENCH_DIR.parent,
+        ).stdout
+        path = work / ("baseline_" + relpath.replace("/", "_"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    name = "tsl_baseline_" + Path(relpath).stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------- real demands
+
+# NVIDIA H100 SXM datasheet: 1,979 TFLOP/s bf16 Tensor Core "with sparsity", i.e. 989 dense.
+H100_BF16_DENSE = 989e12
+# Model FLOP utilisation assumed for the demands (a ceiling, so that the CPU side is sized for the
+# fastest GPU step one can expect): NVIDIA's nvSubquadratic benchmarks measured ViT-Small/16 at 224,
+# batch 256, bf16 on one H100 SXM at 4.6-6.6% MFU eager and 22-23% with torch.compile
+# (nvidia-bionemo.github.io/nvSubquadratic/benchmarks.html); 40% is the issue's "order of 3,000
+# images/s per quarter GPU". Teacher inference (large matmuls, no backward) at 50%.
+STUDENT_MFU = 0.40
+TEACHER_MFU = 0.50
+
+
+def count_flops(fn, *args) -> float:
+    """FLOPs of one call, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return float(counter.get_total_flops())
+
+
+def student_step_flops(image_size: int, student: str = "vit_small", embed_dim: int = 1024) -> float:
+    """FLOPs of one image-caption pair through a full-scale student, forward + backward (3x forward)."""
+    import torch
+
+    from tinysiglip.students import TokenVocab, create_student
+
+    vocab = TokenVocab(list(range(3, 2000)), pad_id=0, special_ids=[0, 1, 2], teacher_vocab_size=256000)
+    model = create_student(student, embed_dim=embed_dim, image_size=image_size, vocab=vocab)
+    pixels = torch.zeros(1, 3, image_size, image_size)
+    ids = torch.full((1, 64), 5, dtype=torch.long)
+    with torch.no_grad():
+        forward = count_flops(lambda: (model.encode_image(pixels), model.encode_text(ids)))
+    return 3 * forward
+
+
+def siglip_forward_flops(hidden: int, layers: int, heads: int, image_size: int) -> tuple[float, float]:
+    """(image tower, text tower) forward FLOPs per image / per caption of a SigLIP of that shape,
+    counted on the meta device (no memory, no time)."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    tower = dict(
+        hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers, num_attention_heads=heads
+    )
+    cfg = SiglipConfig(
+        text_config=dict(**tower, max_position_embeddings=64, vocab_size=1000, projection_size=hidden),
+        vision_config=dict(**tower, patch_size=16, image_size=image_size),
+    )
+    with torch.device("meta"):
+        model = SiglipModel(cfg).eval()
+        pixels = torch.empty(1, 3, image_size, image_size)
+        ids = torch.zeros(1, 64, dtype=torch.long)
+    with torch.no_grad():
+        image = count_flops(lambda: model.get_image_features(pixel_values=pixels))
+        text = count_flops(lambda: model.get_text_features(input_ids=ids))
+    return image, text
+
+
+def per_second(flops: float, *, gpu_fraction: float, mfu: float) -> float:
+    """Items per second a GPU share delivers at that utilisation of dense bf16 peak."""
+    return H100_BF16_DENSE * gpu_fraction * mfu / flops
+
+
 # ------------------------------------------------------------------------------- bench world
 
 # Random-weight SigLIP teachers (transformers SiglipModel, same code path as google/siglip2-*).
@@ -176,7 +267,10 @@ def make_teacher(work: Path, name: str, image_size: int) -> Path:
     from transformers import SiglipModel
 
     torch.manual_seed(0)
-    model = SiglipModel(config).eval()
+    # Random init of a Large-sized model takes a minute on a CPU, a second on a GPU.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = SiglipModel(config).eval()
+    model = model.cpu()
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     build_processor("siglip", tokenizer, image_size=image_size, patch_size=spec["patch"]).save_pretrained(tmp)
@@ -271,20 +365,3 @@ class Trainer:
         with torch.no_grad():
             model.logit_scale.clamp_(max=math.log(100.0))
         return None
-
-
-def train_loader(pairs, batch_size: int, *, num_workers=0, pin_memory=False, seed=0, epoch=0):
-    """The DataLoader run_training builds for one epoch."""
-    import torch
-
-    pairs.set_epoch(epoch)
-    return torch.utils.data.DataLoader(
-        pairs,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
