@@ -21,63 +21,16 @@ import time
 
 from bench import common
 
+# (name, hidden, layers, heads, image size) of the real teachers
+REAL_TEACHERS = (("SigLIP 2 Large/16 @256", 1024, 24, 16, 256), ("SigLIP 2 Base/16 @224", 768, 12, 12, 224))
+
 
 def flops_projection() -> list[list]:
-    """Forward FLOPs per image-caption pair (meta device, no memory or time spent)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    from transformers import SiglipConfig, SiglipModel
-
-    from tinysiglip.students import TokenVocab, create_student
-
-    def count(fn, *args) -> float:
-        with FlopCounterMode(display=False) as counter:
-            fn(*args)
-        return float(counter.get_total_flops())
-
-    rows = []
-    for name, hidden, layers, heads, size in (
-        ("SigLIP 2 Large/16 @256", 1024, 24, 16, 256),
-        ("SigLIP 2 Base/16 @224", 768, 12, 12, 224),
-    ):
-        cfg = SiglipConfig(
-            text_config=dict(
-                hidden_size=hidden,
-                intermediate_size=4 * hidden,
-                num_hidden_layers=layers,
-                num_attention_heads=heads,
-                max_position_embeddings=64,
-                vocab_size=1000,
-                projection_size=hidden,
-            ),
-            vision_config=dict(
-                hidden_size=hidden,
-                intermediate_size=4 * hidden,
-                num_hidden_layers=layers,
-                num_attention_heads=heads,
-                patch_size=16,
-                image_size=size,
-            ),
-        )
-        with torch.device("meta"):
-            model = SiglipModel(cfg).eval()
-            pix = torch.empty(1, 3, size, size)
-            ids = torch.zeros(1, 64, dtype=torch.long)
-        with torch.no_grad():
-            teacher = count(lambda m, x: m.get_image_features(pixel_values=x), model, pix) + count(
-                lambda m, x: m.get_text_features(input_ids=x), model, ids
-            )
-        rows.append((name, size, teacher))
-    vocab = TokenVocab(list(range(3, 2000)), pad_id=0, special_ids=[0, 1, 2], teacher_vocab_size=256000)
+    """Teacher forward vs student step FLOPs per image-caption pair at the real scale."""
     out = []
-    for name, size, teacher in rows:
-        student = create_student("vit_small", embed_dim=1024, image_size=size, vocab=vocab)  # real, CPU
-        pix = torch.zeros(1, 3, size, size)
-        ids = torch.full((1, 64), 5, dtype=torch.long)
-        with torch.no_grad():
-            fwd = count(lambda m, x, t: (m.encode_image(x), m.encode_text(t)), student, pix, ids)
-        del student
-        step = 3 * fwd  # forward + backward (2x forward)
+    for name, hidden, layers, heads, size in REAL_TEACHERS:
+        teacher = sum(common.siglip_forward_flops(hidden, layers, heads, size))
+        step = common.student_step_flops(size)
         out.append([f"{name} → ViT-S/16 @{size}", teacher / 1e9, step / 1e9, (step + teacher) / step])
     return out
 
@@ -96,7 +49,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from tinysiglip.cache import TrainPairs
+    from tinysiglip.cache import TrainLoader, TrainPairs
     from tinysiglip.data import open_rgb
     from tinysiglip.teacher import load_teacher
 
@@ -110,6 +63,7 @@ def main(argv=None) -> int:
     cache = common.make_cache(work, cache_teacher, dataset, "online", device=args.device)
     trainer = common.Trainer(cache, student=args.student, scale=args.scale, device=args.device)
     pairs = TrainPairs(cache, seed=0, embeddings_in_memory=True)
+    loader = TrainLoader(pairs, bs, seed=0, pin_memory=args.device == "cuda")
     records = dataset.records
     width = trainer.cache.embed_dim
     teachers = {
@@ -121,7 +75,7 @@ def main(argv=None) -> int:
     def cached():
         common.sync(trainer.device)
         t0 = time.perf_counter()
-        for k, batch in enumerate(common.train_loader(pairs, bs)):
+        for k, batch in enumerate(loader.epoch(0)):
             if k == steps:
                 break
             trainer.step(batch)

@@ -1,15 +1,16 @@
-"""Data stall: one epoch of training steps fed by the HDF5 cache through the DataLoader (as
-``run_training`` feeds them) vs. the very same batches already in memory (pure compute).
+"""Data stall: one epoch of training steps fed by the HDF5 cache through the training loader (as
+``run_training`` feeds them: ``TrainPairs`` + ``TrainLoader``) vs. the very same batches already in
+memory (pure compute).
 
 Variants, interleaved round by round (medians reported):
-  memory          the epoch's batches collated beforehand; the loop only runs the step
-  loader          TrainPairs(embeddings_in_memory=True) + DataLoader(num_workers=0): run_training's default
-  loader-emb-disk embeddings read from HDF5 per batch (data.embeddings_in_memory: false)
-  loader-w1       one DataLoader worker process (data.num_workers: 1)
-  read-only       the loader alone, no step (what the pipeline costs by itself)
-  ... (baseline reader)  the same with another reader.py (``--baseline-reader git:0876587``): before/after
+  memory          the epoch's batches collated beforehand (pinned on CUDA); the loop only runs the step
+  loader-wN       TrainLoader with N worker processes (data.num_workers; 0 = read in the training
+                  process), built once and warmed up, as run_training keeps it for the whole run
+  read-only       the loader alone (0 workers), no step: what the pipeline costs by itself
+  ... (baseline reader)  another reader.py (``--baseline-reader git:REV``) through the per-epoch
+                  ``DataLoader(batch_size, shuffle=True)`` that run_training built before TrainLoader
 
-``python -m bench.data_stall [--quick] [--device cpu|cuda] [--batch-size N] [--images N]``
+``python -m bench.data_stall [--quick] [--device cpu|cuda] [--batch-size N] [--images N] [--workers 0,2,4]``
 """
 
 from __future__ import annotations
@@ -17,29 +18,6 @@ from __future__ import annotations
 import time
 
 from bench import common
-
-
-def load_baseline(source: str, work):
-    """Import another version of the reader module (``git:REV`` reads it with git show)."""
-    import importlib.util
-    import subprocess
-
-    path = source
-    if source.startswith("git:"):
-        text = subprocess.run(
-            ["git", "show", f"{source[4:]}:tinysiglip/cache/reader.py"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=common.BENCH_DIR.parent,
-        ).stdout
-        path = work / "reader_baseline.py"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    spec = importlib.util.spec_from_file_location("tsl_reader_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv=None) -> int:
@@ -74,14 +52,41 @@ def main(argv=None) -> int:
     pin = args.device == "cuda"
     bs = args.batch_size
 
-    def loader(in_memory=True, workers=0, cls=TrainPairs):
-        pairs = cls(cache, seed=0, embeddings_in_memory=in_memory)
-        return common.train_loader(pairs, bs, num_workers=workers, pin_memory=pin)
+    def make_loader(workers=0):
+        from tinysiglip.cache import TrainLoader
 
-    baseline = load_baseline(args.baseline_reader, work) if args.baseline_reader else None
+        pairs = TrainPairs(cache, seed=0, embeddings_in_memory=True)
+        return TrainLoader(pairs, bs, seed=0, num_workers=workers, pin_memory=pin)
 
-    # The in-memory batches: the same epoch, collated once (pinned like the DataLoader would pin them).
-    batches = list(loader())
+    def baseline_epoch():
+        import torch
+
+        pairs = baseline.TrainPairs(cache, seed=0, embeddings_in_memory=True)
+        pairs.set_epoch(0)
+        return torch.utils.data.DataLoader(
+            pairs,
+            batch_size=bs,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(0),
+            pin_memory=pin,
+        )
+
+    baseline = (
+        common.load_module_version(args.baseline_reader, "tinysiglip/cache/reader.py", work)
+        if args.baseline_reader
+        else None
+    )
+    worker_counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    loaders = {w: make_loader(w) for w in sorted(set(worker_counts) | {0})}
+    for w, loader in loaders.items():  # start persistent workers (run_training pays this once per run)
+        t0 = time.perf_counter()
+        for _ in loader.epoch(0):
+            pass
+        print(f"loader-w{w}: first epoch (worker start) {time.perf_counter() - t0:.2f} s", flush=True)
+
+    # The in-memory batches: the same epoch, collated once (pinned like the loader pins them).
+    batches = list(loaders[0].epoch(0))
     if pin:
         batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
     steps = len(batches)
@@ -99,27 +104,22 @@ def main(argv=None) -> int:
 
         return go
 
-    def read_only(cls=TrainPairs):
+    def read_only(source):
         def go():
             t0 = time.perf_counter()
-            for _ in loader(cls=cls):
+            for _ in source():
                 pass
             return time.perf_counter() - t0
 
         return go
 
-    variants = {
-        "memory": run(lambda: batches),
-        "loader": run(lambda: loader(True, 0)),
-        "loader-emb-disk": run(lambda: loader(False, 0)),
-    }
-    for w in [int(x) for x in args.workers.split(",") if x.strip()]:
-        if w > 0:
-            variants[f"loader-w{w}"] = run(lambda w=w: loader(True, w))
+    variants = {"memory": run(lambda: batches)}
+    for w in worker_counts:
+        variants[f"loader-w{w}"] = run(lambda w=w: loaders[w].epoch(0))
     if baseline is not None:
-        variants["loader (baseline reader)"] = run(lambda: loader(True, 0, baseline.TrainPairs))
-        variants["read-only (baseline reader)"] = read_only(baseline.TrainPairs)
-    variants["read-only"] = read_only()
+        variants["loader-w0 (baseline reader)"] = run(baseline_epoch)
+        variants["read-only (baseline reader)"] = read_only(baseline_epoch)
+    variants["read-only"] = read_only(lambda: loaders[0].epoch(0))
     times = common.interleave(variants, reps)
 
     base = common.median(times["memory"])
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         f"{steps} steps/epoch, batch {bs}, {args.student} ({args.scale}), cache {cache} "
         f"({args.image_size}px), {reps} interleaved reps, medians.\n\n"
         + common.table(["variant", "ms/step", "range", "overhead vs memory"], rows)
-        + "\n\n`read-only` is the loader alone (ms per batch). Goal: overhead < 5%."
+        + f"\n\n`read-only` is the loader alone (ms per batch of {bs}). Goal: overhead (stall) < 5%."
     )
     common.report("Data stall (cache → DataLoader vs in-memory batches)", common.command_line(), body, args)
     return 0

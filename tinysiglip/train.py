@@ -132,7 +132,8 @@ def encode_cache(
 def evaluate_student(model: torch.nn.Module, cache_path: str | Path, **kwargs: Any) -> dict[str, float]:
     """Recall@1/5/10 both ways on a cache, plus ``mean_r1`` (the default objective)."""
     images, texts, owner = encode_cache(model, cache_path, **kwargs)
-    metrics = retrieval_metrics(images, texts, owner)
+    device = kwargs.get("device", "cpu")  # the similarity products run there (seconds on a CPU)
+    metrics = retrieval_metrics(images.to(device), texts.to(device), owner)
     metrics["mean_r1"] = (metrics["i2t_r1"] + metrics["t2i_r1"]) / 2
     return metrics
 
@@ -169,6 +170,7 @@ class TrainingRun:
     total_steps: int
     started: float  # time.time() when this attempt started
     state: TrainerState = field(default_factory=TrainerState)
+    loader: Any = None  # tinysiglip.cache.TrainLoader, built at the first epoch
     elapsed_before: float = 0.0  # wall time of earlier attempts (from the checkpoint resumed)
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -384,19 +386,21 @@ def _build_optimiser(model, optim_cfg: dict[str, Any], total_steps: int):
 
 
 def _epoch_loader(run: TrainingRun, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
-    """The epoch's batches: each image with the caption drawn for this epoch, shuffled by (seed, epoch)."""
-    run.pairs.set_epoch(epoch)
-    order = torch.Generator().manual_seed(run.seed * 1_000_003 + epoch)
-    return torch.utils.data.DataLoader(
-        run.pairs,
-        batch_size=run.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=order,
-        num_workers=int(run.config["data"]["num_workers"]),
-        pin_memory=run.device.type == "cuda",
-        persistent_workers=False,
-    )
+    """The epoch's batches: each image with the caption drawn for this epoch, shuffled by (seed, epoch).
+
+    One ``TrainLoader`` serves the whole run, so worker processes persist across epochs.
+    """
+    if run.loader is None:
+        from tinysiglip.cache import TrainLoader
+
+        run.loader = TrainLoader(
+            run.pairs,
+            run.batch_size,
+            seed=run.seed,
+            num_workers=int(run.config["data"]["num_workers"]),
+            pin_memory=run.device.type == "cuda",
+        )
+    return run.loader.epoch(epoch)
 
 
 def _train_one_epoch(run: TrainingRun, *, progress: bool = False) -> EpochOutcome:

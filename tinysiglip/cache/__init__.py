@@ -9,6 +9,7 @@ from tinysiglip.cache.format import (
     partial_path,
 )
 from tinysiglip.cache.leakage import LeakageError, LeakageReport, check_leakage
+from tinysiglip.cache.loader import TrainBatches, TrainLoader
 from tinysiglip.cache.reader import (
     CachedCaptions,
     CachedImages,
@@ -29,6 +30,8 @@ __all__ = [
     "CachedCaptions",
     "CachedImages",
     "TeacherCache",
+    "TrainBatches",
+    "TrainLoader",
     "TrainPairs",
     "build_cache",
     "check_leakage",

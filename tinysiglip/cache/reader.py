@@ -1,9 +1,11 @@
 """Read a teacher cache: ``open_cache`` (validated metadata, lazy arrays) and torch Datasets.
 
-Every Dataset here is picklable and opens its own read-only h5py handle lazily in the process that
-reads it (an h5py handle must never cross a fork), so it works with any number of DataLoader
-workers. ``__getitems__`` (called by torch >= 2.2 DataLoaders with the whole batch of indices)
-reads a batch with one sorted, fancy-indexed h5py call per dataset.
+Every Dataset here is picklable and opens its own read-only h5py handle (or memory map) lazily in
+the process that reads it (an h5py handle must never cross a fork), so it works with any number of
+DataLoader workers. Rows are read a batch at a time: straight from the file's bytes when the cache
+stores them plainly (``mapped.py``: what build_cache writes), else with one sorted h5py read per
+dataset. ``TrainPairs[(epoch, rows)]`` returns a whole collated batch (what ``loader.py`` feeds
+``run_training``); ``__getitems__`` serves DataLoaders that collate items themselves.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tinysiglip.cache.format import (
     read_attrs,
 )
 from tinysiglip.cache.integrity import damaged, rebuild_command, verify_embeddings
+from tinysiglip.cache.mapped import MappedRows, batch_buffer
 
 # Chunk cache per open dataset: a few pixel chunks (one image each) plus contiguous reads.
 DEFAULT_RDCC_NBYTES = 16 << 20
@@ -359,6 +362,8 @@ def open_cache(
 class _CacheDataset(Dataset):
     """Picklable base: remembers the path, opens its own handle in whichever process reads."""
 
+    _mapped_names: tuple[str, ...] = ()
+
     def __init__(self, path: str | Path, *, rdcc_nbytes: int = DEFAULT_RDCC_NBYTES):
         self.cache = open_cache(path)
         self.cache.close()
@@ -367,6 +372,13 @@ class _CacheDataset(Dataset):
         self._handle: h5py.File | None = None
         self._pid: int | None = None
         self._datasets: dict[str, tuple[h5py.Dataset, bool]] = {}
+        with h5py.File(self.path, "r") as handle:
+            self._mapped = {name: MappedRows.of(handle[name]) for name in self._mapped_names}
+
+    @property
+    def memory_mapped(self) -> dict[str, bool]:
+        """Which datasets are read straight from the file's bytes (the others go through h5py)."""
+        return {name: mapped is not None for name, mapped in self._mapped.items()}
 
     def _h5(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
@@ -375,14 +387,23 @@ class _CacheDataset(Dataset):
             self._datasets = {}
         return self._handle
 
-    def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """``_read_rows`` of a dataset whose h5py object (a lookup costs ~0.1 ms) is kept per handle."""
+    def _rows(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows of a dataset (checked indices, any order), into ``out`` when given: from the memory
+        map when there is one, else ``_read_rows`` with the h5py object (a lookup costs ~0.1 ms)
+        kept per handle."""
+        mapped = self._mapped.get(name)
+        if mapped is not None:
+            return mapped.take(rows, out)
         handle = self._h5()
         entry = self._datasets.get(name)
         if entry is None:
             dataset = handle[name]
             entry = self._datasets[name] = (dataset, _raw_row_chunks(dataset))
-        return _read_rows(entry[0], rows, raw_chunks=entry[1])
+        block = _read_rows(entry[0], rows, raw_chunks=entry[1])
+        if out is None:
+            return block
+        out[...] = block
+        return out
 
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
@@ -443,18 +464,22 @@ _TRAIN_KEYS = (
 
 
 class TrainPairs(_CacheDataset):
-    """Item i = image row i with ONE of its captions, drawn from (seed, epoch, i); ``set_epoch``
-    redraws. Items::
+    """Item i = image row i with ONE of its captions, drawn from (seed, epoch, i). Items::
 
         {"pixels": uint8 (3, H, W), "input_ids": int64 (L,), "teacher_image_embed": float32 (D,),
          "teacher_text_embed": float32 (D,), "image_index": int64 (), "caption_index": int64 ()}
 
-    ``embeddings_in_memory=True`` loads both embedding tables once per process (at their stored
-    dtype) so that only pixels and token ids are read from disk.
+    ``pairs[(epoch, rows)]`` is the whole batch of those rows for that epoch, collated (the same keys
+    with a leading batch dimension), read in one pass per dataset into buffers allocated where the
+    batch goes (shared memory in a DataLoader worker, pinned memory when ``pin_memory`` is set).
+    The epoch travels with the rows, so persistent workers draw the right captions
+    (``tinysiglip.cache.loader``). ``pairs[i]`` and ``__getitems__`` use the epoch of ``set_epoch``.
 
-    With DataLoader workers, call ``set_epoch`` before iterating and keep ``persistent_workers``
-    off (workers copy the dataset, and its epoch, when an iteration starts).
+    ``embeddings_in_memory=True`` loads both embedding tables once per process when they cannot be
+    memory-mapped (a memory-mapped table already lives in the page cache, shared between processes).
     """
+
+    _mapped_names = ("pixels", "token_ids", "image_embeds", "text_embeds")
 
     def __init__(
         self,
@@ -463,21 +488,21 @@ class TrainPairs(_CacheDataset):
         seed: int = 0,
         embeddings_in_memory: bool = False,
         rdcc_nbytes: int = DEFAULT_RDCC_NBYTES,
+        pin_memory: bool = False,
     ):
         super().__init__(path, rdcc_nbytes=rdcc_nbytes)
         self.seed = int(seed)
         self.epoch = 0
         self.embeddings_in_memory = bool(embeddings_in_memory)
+        self.pin_memory = bool(pin_memory)
         with h5py.File(self.path, "r") as handle:
             self.caption_offsets = handle["caption_offsets"][:].astype(np.int64)
         self.caption_counts = np.diff(self.caption_offsets)
-        self._image_embeds: np.ndarray | None = None
-        self._text_embeds: np.ndarray | None = None
+        self._tables: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_image_embeds"] = None  # reloaded by the process that needs them
-        state["_text_embeds"] = None
+        state["_tables"] = {}  # reloaded by the process that needs them
         return state
 
     def set_epoch(self, epoch: int) -> None:
@@ -486,47 +511,62 @@ class TrainPairs(_CacheDataset):
     def __len__(self) -> int:
         return self.cache.num_images
 
-    def caption_rows(self, image_rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """The caption row drawn for each image row in the current epoch."""
+    def caption_rows(self, image_rows: Sequence[int] | np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """The caption row drawn for each image row in ``epoch`` (default: the current epoch)."""
         rows = np.asarray(image_rows, dtype=np.int64)
+        epoch = self.epoch if epoch is None else int(epoch)
         return self.caption_offsets[rows] + draw_caption_offsets(
-            self.seed, self.epoch, rows, self.caption_counts[rows]
+            self.seed, epoch, rows, self.caption_counts[rows]
         )
 
-    def _embeddings(self) -> tuple[Any, Any]:
-        handle = self._h5()
-        if not self.embeddings_in_memory:
-            return None, None  # read per batch by __getitems__
-        if self._image_embeds is None:
-            self._image_embeds = handle["image_embeds"][:]
-            self._text_embeds = handle["text_embeds"][:]
-        return self._image_embeds, self._text_embeds
+    def _embedding_rows(self, name: str, rows: np.ndarray, out: np.ndarray) -> None:
+        table = self._tables.get(name)
+        if table is None and self.embeddings_in_memory and self._mapped.get(name) is None:
+            table = self._tables[name] = self._h5()[name][:]
+        out[...] = table[rows] if table is not None else self._rows(name, rows)
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        image_rows = _check_index(np.asarray(indices), len(self))
-        caption_rows = self.caption_rows(image_rows)
-        image_embeds, text_embeds = self._embeddings()
-        pixels = torch.from_numpy(self._rows("pixels", image_rows))
-        input_ids = torch.from_numpy(self._rows("token_ids", caption_rows).astype(np.int64))
-        if isinstance(image_embeds, np.ndarray):
-            image_vectors = image_embeds[image_rows].astype(np.float32)
-            text_vectors = text_embeds[caption_rows].astype(np.float32)
-        else:
-            image_vectors = self._rows("image_embeds", image_rows).astype(np.float32)
-            text_vectors = self._rows("text_embeds", caption_rows).astype(np.float32)
+    def read_batch(
+        self, image_rows: Sequence[int] | np.ndarray, epoch: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The collated batch of ``image_rows`` (in that order) with their captions of ``epoch``."""
+        image_rows = _check_index(np.asarray(image_rows), len(self))
+        caption_rows = self.caption_rows(image_rows, epoch)
+        n, size, dim = len(image_rows), self.cache.image_size, self.cache.embed_dim
+        pin = self.pin_memory
+        pixels = batch_buffer((n, 3, size, size), torch.uint8, pin_memory=pin)
+        input_ids = batch_buffer((n, self.cache.max_length), torch.int64, pin_memory=pin)
+        image_vectors = batch_buffer((n, dim), torch.float32, pin_memory=pin)
+        text_vectors = batch_buffer((n, dim), torch.float32, pin_memory=pin)
+        self._rows("pixels", image_rows, out=pixels.numpy())
+        input_ids.numpy()[...] = self._rows("token_ids", caption_rows)
+        self._embedding_rows("image_embeds", image_rows, image_vectors.numpy())
+        self._embedding_rows("text_embeds", caption_rows, text_vectors.numpy())
         columns = (
             pixels,
             input_ids,
-            torch.from_numpy(image_vectors),
-            torch.from_numpy(text_vectors),
+            image_vectors,
+            text_vectors,
             torch.from_numpy(image_rows),
             torch.from_numpy(caption_rows),
         )
-        return [dict(zip(_TRAIN_KEYS, item)) for item in zip(*(c.unbind(0) for c in columns))]
+        return dict(zip(_TRAIN_KEYS, columns))
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):  # (epoch, rows) from tinysiglip.cache.loader.TrainBatches
+            epoch, rows = index
+            return self.read_batch(rows, epoch)
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        batch = self.read_batch(indices)
+        columns = [batch[key].unbind(0) for key in _TRAIN_KEYS]
+        return [dict(zip(_TRAIN_KEYS, item)) for item in zip(*columns)]
 
 
 class CachedImages(_CacheDataset):
     """Every cached image once, in row order: ``{"pixels": uint8 (3, H, W), "image_index": int64 ()}``."""
+
+    _mapped_names = ("pixels",)
 
     def __len__(self) -> int:
         return self.cache.num_images
@@ -541,6 +581,8 @@ class CachedImages(_CacheDataset):
 class CachedCaptions(_CacheDataset):
     """Every cached caption once, in row order:
     ``{"input_ids": int64 (L,), "caption_index": int64 (), "image_index": int64 ()}``."""
+
+    _mapped_names = ("token_ids",)
 
     def __init__(self, path: str | Path, *, rdcc_nbytes: int = DEFAULT_RDCC_NBYTES):
         super().__init__(path, rdcc_nbytes=rdcc_nbytes)
