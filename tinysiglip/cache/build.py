@@ -138,11 +138,22 @@ def _decode(teacher, path: Path) -> np.ndarray:
     return pixels
 
 
+def default_decode_workers(device: str) -> int:
+    """Decode threads when the caller does not say: every core this process may use when the teacher
+    runs on a GPU (a COCO photo costs a core ~5-10 ms to decode and resize; SigLIP 2 Large on an H100
+    embeds ~1,400 images/s with their captions: bench/RESULTS.md), at most 4 beside a CPU teacher,
+    which needs the cores itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if str(device).startswith("cuda") else min(4, cores)
+
+
 def _decoded_batches(
     teacher, paths: list[Path], start: int, batch_size: int, workers: int
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """(first row, end row, uint8 pixels) per batch; decoding runs ahead in a thread pool while the
-    caller runs the teacher (PIL decoders and resizers release the GIL)."""
+    caller runs the teacher (PIL decoders and resizers and torch's resize release the GIL). Two
+    batches are always queued, so the pool never waits for the caller: the build runs at the speed
+    of the slower of decoding and the teacher."""
     bounds = [(a, min(a + batch_size, len(paths))) for a in range(start, len(paths), batch_size)]
     if workers <= 0:
         for a, b in bounds:
@@ -424,7 +435,7 @@ def build_cache(
     another request (teacher, dataset, view, dtype, ...) is an error naming every difference.
     ``teacher_view``: "teacher" (default) or "student", see the module doc. ``notes``: extra
     metadata (e.g. ``build_command``, ``excluded_images``). ``num_workers`` image-decoding threads
-    (default ``min(4, cpus)``; 0 decodes inline).
+    (default ``default_decode_workers(device)``; 0 decodes inline).
     """
     from tqdm.auto import tqdm
 
@@ -432,10 +443,14 @@ def build_cache(
 
     out = Path(out_path)
     _check_arguments(dataset, batch_size, embed_dtype, teacher_view)
-    workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
     if not out.exists() and not getattr(dataset, "images_checked", False):
         dataset = check_images(dataset, skip_bad=False, report_path=bad_images_report_path(out))
     teacher = _resolve_teacher(teacher, device)
+    workers = (
+        default_decode_workers(getattr(teacher, "device", device))
+        if num_workers is None
+        else int(num_workers)
+    )
     identity = request_identity(teacher, dataset, embed_dtype, teacher_view)
     first_image = Path(dataset.records[0].path)
 
