@@ -135,6 +135,27 @@ def cuda_decode(teacher, paths: list[Path], batch: int = 64):
     return torch.stack(out)
 
 
+def compare_cuda_decode(teacher, paths: list[Path], reference, work: Path) -> str:
+    """How far nvJPEG + GPU resize is from the build path: pixels, and a teacher's embeddings."""
+    import numpy as np
+    import torch
+
+    from tinysiglip.teacher import load_teacher
+
+    gpu_pixels = cuda_decode(teacher, paths)
+    cpu_pixels = torch.from_numpy(np.stack(reference))
+    diff = (gpu_pixels.cpu().int() - cpu_pixels.int()).abs()
+    gpu_teacher = load_teacher(common.make_teacher(work, "local-m", 256), device="cuda")
+    cosine = torch.nn.functional.cosine_similarity(
+        gpu_teacher.embed_pixels(cpu_pixels), gpu_teacher.embed_pixels(gpu_pixels), dim=-1
+    )
+    return (
+        f"cuda-batched pixels vs the build path: max |diff| {int(diff.max())}, mean {float(diff.float().mean()):.3f}, "
+        f"{100 * float((diff > 0).float().mean()):.1f}% of values differ; teacher-embedding cosine (local-m "
+        f"architecture, random weights) min {float(cosine.min()):.6f}, mean {float(cosine.mean()):.6f}."
+    )
+
+
 def main(argv=None) -> int:
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=None)
@@ -189,23 +210,16 @@ def main(argv=None) -> int:
         variants[name] = threads(pool) if "-t" in name else processes(pool)
     cuda_note = ""
     if args.device == "cuda":
-        gpu_pixels = cuda_decode(teacher, paths)
-        diff = (gpu_pixels.cpu().int() - torch.from_numpy(np.stack(reference)).int()).abs()
-        gpu_teacher = load_teacher(common.make_teacher(args.work_dir, "local-m", 256), device="cuda")
-        cpu_embeds = gpu_teacher.embed_pixels(torch.from_numpy(np.stack(reference)))
-        gpu_embeds = gpu_teacher.embed_pixels(gpu_pixels)
-        cosine = torch.nn.functional.cosine_similarity(cpu_embeds, gpu_embeds, dim=-1)
-        cuda_note = (
-            f"cuda-batched pixels vs the build path: max |diff| {int(diff.max())}, mean {float(diff.float().mean()):.3f}, "
-            f"{100 * float((diff > 0).float().mean()):.1f}% of values differ; teacher-embedding cosine (local-m "
-            f"architecture, random weights) min {float(cosine.min()):.6f}, mean {float(cosine.mean()):.6f}."
-        )
+        try:
+            cuda_note = compare_cuda_decode(teacher, paths, reference, args.work_dir)
 
-        def on_gpu():
-            cuda_decode(teacher, paths)
-            torch.cuda.synchronize()
+            def on_gpu():
+                cuda_decode(teacher, paths)
+                torch.cuda.synchronize()
 
-        variants["cuda-batched"] = on_gpu
+            variants["cuda-batched"] = on_gpu
+        except Exception as error:  # report it and measure the rest
+            cuda_note = f"cuda-batched failed: {type(error).__name__}: {error}"
     times = common.interleave(variants, reps)
     for pool in pools.values():
         pool.shutdown()

@@ -11,8 +11,17 @@ import subprocess
 import sys
 import time
 
-SCRIPTS = ("data_stall", "cache_vs_online", "cache_build", "eval_scale", "sweep_overhead", "pruning")
-CPU_ONLY = {"eval_scale", "sweep_overhead", "pruning"}  # no --device flag effect / CPU by design
+SCRIPTS = (
+    "data_stall",
+    "loader",
+    "cache_vs_online",
+    "cache_build",
+    "decode",
+    "eval_scale",
+    "sweep_overhead",
+    "pruning",
+)
+CPU_ONLY = {"loader", "sweep_overhead", "pruning"}  # no --device flag effect / CPU by design
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,7 @@ OUT_DIR=${1:-${OUT:-/tmp/tsl_bench_gpu_out}}
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TSL_BENCH_DIR=${TSL_BENCH_DIR:-/tmp/tsl_bench_gpu} TSL_BENCH_RESULTS="$OUT_DIR/results.md"
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 LOG="$OUT_DIR/run_gpu.log"
 TIMES="$OUT_DIR/timings.txt"
 BUDGET=${TSL_BENCH_BUDGET:-420}  # seconds: later steps are skipped once this much has gone
