@@ -28,6 +28,9 @@ else
   DEV=cuda; SCALE=full; S224=224; S256=256; IMGS=2048; BS=256; SECS=6; REPS=3; PAR=1,4,16; PHOTOS=192
   TEACHER=large; SIZES=5k,50k; TRIALS=1,2,4; EVAL_DIM=1024; STEPS=3
 fi
+# The decode and build steps run with torch's default thread count, as `tinysiglip cache build` does
+# (the other steps pin one torch thread per process, see bench/README.md).
+CORES=$(nproc); [ "${TSL_BENCH_SMALL:-0}" = 1 ] && CORES=1
 START=$(date +%s)
 
 step() {  # step NAME TIMEOUT_S COMMAND...
@@ -66,10 +69,11 @@ step cache_vs_online 180 "$PY" -m bench.cache_vs_online --device "$DEV" --scale 
 step loader 120 "$PY" -m bench.loader --sizes "$S224,$S256" --images "$IMGS" --batch-size "$BS" \
   --workers 0,1,2,4 --reps "$REPS"
 # 6. JPEG decode + resize per core (threads vs processes, torchvision, nvJPEG) vs the teacher's speed
-step decode 120 "$PY" -m bench.decode --device "$DEV" --images "$PHOTOS" --parallel "$PAR" --reps "$REPS"
+step decode 120 "$PY" -m bench.decode --device "$DEV" --images "$PHOTOS" --parallel "$PAR" --reps "$REPS" \
+  --threads "$CORES"
 # 7. cache build at the teacher's speed: build vs forward alone vs decode alone (overlap)
 step cache_build 150 "$PY" -m bench.cache_build --photos --device "$DEV" --teacher "$TEACHER" --image-size 256 \
-  --images $((PHOTOS * 2)) --batch-size 64 --reps 2
+  --images $((PHOTOS * 2)) --batch-size 64 --reps 2 --threads "$CORES"
 
 echo "total seconds=$(( $(date +%s) - START ))" | tee -a "$LOG" "$TIMES"
 ! grep -q "rc=[1-9]" "$TIMES"
