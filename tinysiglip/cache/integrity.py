@@ -11,6 +11,7 @@ from typing import Any
 import h5py
 
 from tinysiglip.cache.format import EMBEDDING_DATASETS, CacheError, checksum_and_nonfinite_rows
+from tinysiglip.cache.mapped import damaged_rows
 
 
 def rebuild_command(path: Path, meta: Mapping[str, Any]) -> str:
@@ -27,12 +28,47 @@ def rebuild_command(path: Path, meta: Mapping[str, Any]) -> str:
     )
 
 
-def damaged(path: Path, meta: Mapping[str, Any], problems: list[str], why: str = "") -> CacheError:
+def damaged(
+    path: Path, meta: Mapping[str, Any], problems: list[str], why: str = "", hint: str = ""
+) -> CacheError:
     """The error for a cache that fails a check: every problem, and the command that rebuilds it."""
     return CacheError(
         f"teacher cache {path} is damaged{f' ({why})' if why else ''}:\n  "
         + "\n  ".join(problems)
+        + (f"\n{hint}" if hint else "")
         + f"\nRebuild it: {rebuild_command(path, meta)}"
+    )
+
+
+def _rows_text(rows: list[int]) -> str:
+    return ", ".join(str(r) for r in rows[:10]) + (f" ... ({len(rows)} rows)" if len(rows) > 10 else "")
+
+
+def damaged_chunks(path: Path, meta: Mapping[str, Any], dataset: str, rows: list[int]) -> CacheError:
+    """A read that met chunks failing their Fletcher-32 checksum: the dataset, the rows, the fix."""
+    return damaged(
+        path,
+        meta,
+        [f"dataset {dataset!r}, row(s) {_rows_text(rows)}: the stored chunk fails its Fletcher-32 checksum"],
+        "its contents changed since it was written",
+        hint=f"Nothing of those rows was used. Check every dataset: `tinysiglip cache verify {_quote(path)}`",
+    )
+
+
+def unreadable(
+    path: Path, meta: Mapping[str, Any], dataset: h5py.Dataset, rows: Any, error: OSError
+) -> CacheError:
+    """The error for h5py's bare OSError on reading ``rows`` (None: all) of ``dataset``: the damaged
+    chunks' rows when the Fletcher-32 check failed, else h5py's message with the file and dataset."""
+    name = dataset.name.lstrip("/")
+    bad = damaged_rows(dataset, rows)
+    if bad:
+        return damaged_chunks(path, meta, name, bad)
+    return damaged(
+        path,
+        meta,
+        [f"dataset {name!r} cannot be read: {error}"],
+        hint=f"Check every dataset: `tinysiglip cache verify {_quote(path)}`",
     )
 
 
@@ -62,7 +98,9 @@ def verify_embeddings(path: Path, handle: h5py.File, meta: Mapping[str, Any]) ->
         try:
             have, nonfinite, rows = checksum_and_nonfinite_rows(handle[name])
         except OSError as error:  # a chunk failed its Fletcher-32 check
-            problems.append(f"dataset {name!r}: {error}")
+            bad = damaged_rows(handle[name])
+            where = f", row(s) {_rows_text(bad)}: the stored chunk fails its Fletcher-32 checksum"
+            problems.append(f"dataset {name!r}{where if bad else f': {error}'}")
             continue
         if nonfinite:
             problems.append(

@@ -2,9 +2,10 @@
 
 Every Dataset here is picklable and opens its own read-only h5py handle (or memory map) lazily in
 the process that reads it (an h5py handle must never cross a fork), so it works with any number of
-DataLoader workers. Rows are read a batch at a time: straight from the file's bytes when the cache
-stores them plainly (``mapped.py``: what build_cache writes), else with one sorted h5py read per
-dataset. ``TrainPairs[(epoch, rows)]`` returns a whole collated batch (what ``loader.py`` feeds
+DataLoader workers. Rows are read a batch at a time: straight from the file's bytes, each chunk's
+Fletcher-32 checksum verified in numpy (``mapped.py``: what build_cache writes), else with one sorted
+h5py read per dataset. A chunk that fails its checksum either way is a ``CacheError`` naming the
+file, the dataset, the rows and the fix. ``TrainPairs[(epoch, rows)]`` returns a whole collated batch (what ``loader.py`` feeds
 ``run_training``); ``__getitems__`` serves DataLoaders that collate items themselves.
 """
 
@@ -31,8 +32,8 @@ from tinysiglip.cache.format import (
     partial_path,
     read_attrs,
 )
-from tinysiglip.cache.integrity import damaged, rebuild_command, verify_embeddings
-from tinysiglip.cache.mapped import MappedRows, batch_buffer
+from tinysiglip.cache.integrity import damaged, damaged_chunks, rebuild_command, unreadable, verify_embeddings
+from tinysiglip.cache.mapped import DamagedChunks, MappedRows, batch_buffer, damaged_rows
 
 # Chunk cache per open dataset: a few pixel chunks (one image each) plus contiguous reads.
 DEFAULT_RDCC_NBYTES = 16 << 20
@@ -145,13 +146,27 @@ class TeacherCache:
             self._token_ids_present = self._h5()["token_ids_present"][:].astype(np.int64)
         return self._token_ids_present
 
+    def _read(self, name: str, rows: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
+        """``dataset[rows]`` (all rows when None) through h5py; a chunk failing its Fletcher-32 check
+        is reported with the file, the dataset, the rows and the fix, not as h5py's bare OSError."""
+        dataset = self._h5()[name]
+        try:
+            if rows is None:
+                return dataset[:]
+            if isinstance(rows, slice):
+                return dataset[rows]
+            return _read_rows(dataset, np.asarray(rows, dtype=np.int64))
+        except OSError as error:
+            where = None if rows is None else np.arange(dataset.shape[0])[rows]
+            raise unreadable(self.path, self.meta, dataset, where, error) from error
+
     def image_embeds(self) -> np.ndarray:
         """(N, D) float32 teacher image embeddings (not normalised)."""
-        return self._h5()["image_embeds"][:].astype(np.float32)
+        return self._read("image_embeds").astype(np.float32)
 
     def text_embeds(self) -> np.ndarray:
         """(M, D) float32 teacher text embeddings (not normalised)."""
-        return self._h5()["text_embeds"][:].astype(np.float32)
+        return self._read("text_embeds").astype(np.float32)
 
     def caption_image_index(self) -> np.ndarray:
         return self._h5()["caption_image_index"][:].astype(np.int64)
@@ -184,28 +199,19 @@ class TeacherCache:
 
     def token_ids(self) -> np.ndarray:
         """(M, L) int64 teacher token ids."""
-        return self._h5()["token_ids"][:].astype(np.int64)
+        return self._read("token_ids").astype(np.int64)
 
     def captions(self) -> list[str]:
         return list(self._h5()["captions"].asstr()[:])
 
     def pixels(self, indices: Sequence[int] | slice | None = None) -> np.ndarray:
         """uint8 (B, 3, H, W) pixels of the given image rows (all rows when None)."""
-        dataset = self._h5()["pixels"]
-        if indices is None:
-            return dataset[:]
-        if isinstance(indices, slice):
-            return dataset[indices]
-        return _read_rows(dataset, np.asarray(indices, dtype=np.int64))
+        return self._read("pixels", indices)
 
     def teacher_logits(self, image_rows: Sequence[int], caption_rows: Sequence[int]) -> torch.Tensor:
         """The teacher's logits (logit_scale * cos + logit_bias) between some images and captions."""
-        images = torch.from_numpy(
-            _read_rows(self._h5()["image_embeds"], np.asarray(image_rows)).astype(np.float32)
-        )
-        texts = torch.from_numpy(
-            _read_rows(self._h5()["text_embeds"], np.asarray(caption_rows)).astype(np.float32)
-        )
+        images = torch.from_numpy(self._read("image_embeds", np.asarray(image_rows)).astype(np.float32))
+        texts = torch.from_numpy(self._read("text_embeds", np.asarray(caption_rows)).astype(np.float32))
         images = torch.nn.functional.normalize(images, dim=-1)
         texts = torch.nn.functional.normalize(texts, dim=-1)
         return self.logit_scale * images @ texts.T + self.logit_bias
@@ -220,7 +226,9 @@ class TeacherCache:
             try:
                 have = dataset_checksum(handle[name])
             except OSError as error:  # a chunk failed its Fletcher-32 check
-                bad.append(f"{name}: a stored chunk is damaged ({error})")
+                rows = damaged_rows(handle[name])
+                where = f"row(s) {rows[:10]}{' ...' if len(rows) > 10 else ''}" if rows else "a chunk"
+                bad.append(f"{name}: {where} fail(s) the Fletcher-32 chunk checksum ({error})")
                 continue
             if want != have:
                 bad.append(f"{name}: stored {want}, computed {have}")
@@ -232,21 +240,9 @@ class TeacherCache:
         return dict(stored)
 
 
-def _raw_row_chunks(dataset: h5py.Dataset) -> bool:
-    """True when every chunk is exactly one row stored as is (no compression or other filter), so
-    a row can be read as raw chunk bytes (``read_direct_chunk``), skipping HDF5's selection machinery."""
-    chunks = dataset.chunks
-    return (
-        chunks is not None
-        and tuple(chunks) == (1, *dataset.shape[1:])
-        and dataset.id.get_create_plist().get_nfilters() == 0
-    )
-
-
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray, *, raw_chunks: bool = False) -> np.ndarray:
-    """dataset[rows] for any order and repeats, as one increasing-index h5py read.
-
-    ``raw_chunks=True`` (only when ``_raw_row_chunks(dataset)``) reads one-row chunks as raw bytes."""
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """dataset[rows] for any order and repeats, as one increasing-index h5py read (the fallback of
+    ``mapped.py``: HDF5 checks each chunk's Fletcher-32 checksum as it reads it)."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size == 0:
         return np.empty((0,) + dataset.shape[1:], dtype=dataset.dtype)
@@ -255,14 +251,8 @@ def _read_rows(dataset: h5py.Dataset, rows: np.ndarray, *, raw_chunks: bool = Fa
         # One row per chunk (pixels): HDF5's multi-hyperslab selections over many chunks are
         # ~40x slower than reading the chunks one by one.
         block = np.empty((unique.size,) + dataset.shape[1:], dtype=dataset.dtype)
-        if raw_chunks:
-            flat = block.reshape(unique.size, -1).view(np.uint8)
-            tail = (0,) * (len(dataset.shape) - 1)
-            for k, row in enumerate(unique.tolist()):
-                flat[k] = np.frombuffer(dataset.id.read_direct_chunk((row, *tail))[1], dtype=np.uint8)
-        else:
-            for k, row in enumerate(unique.tolist()):
-                block[k] = dataset[row]
+        for k, row in enumerate(unique.tolist()):
+            block[k] = dataset[row]
     elif unique.size == 1:
         block = dataset[int(unique[0]) : int(unique[0]) + 1]
     elif unique[-1] - unique[0] + 1 == unique.size:  # a contiguous run: one hyperslab
@@ -371,9 +361,12 @@ class _CacheDataset(Dataset):
         self.rdcc_nbytes = int(rdcc_nbytes)
         self._handle: h5py.File | None = None
         self._pid: int | None = None
-        self._datasets: dict[str, tuple[h5py.Dataset, bool]] = {}
+        self._datasets: dict[str, h5py.Dataset] = {}
         with h5py.File(self.path, "r") as handle:
-            self._mapped = {name: MappedRows.of(handle[name]) for name in self._mapped_names}
+            try:
+                self._mapped = {name: MappedRows.of(handle[name]) for name in self._mapped_names}
+            except DamagedChunks as error:  # a damaged first or last row
+                raise damaged_chunks(self.path, self.cache.meta, error.dataset, error.rows) from error
 
     @property
     def memory_mapped(self) -> dict[str, bool]:
@@ -393,13 +386,18 @@ class _CacheDataset(Dataset):
         kept per handle."""
         mapped = self._mapped.get(name)
         if mapped is not None:
-            return mapped.take(rows, out)
+            try:
+                return mapped.take(rows, out)
+            except DamagedChunks as error:
+                raise damaged_chunks(self.path, self.cache.meta, name, error.rows) from error
         handle = self._h5()
-        entry = self._datasets.get(name)
-        if entry is None:
-            dataset = handle[name]
-            entry = self._datasets[name] = (dataset, _raw_row_chunks(dataset))
-        block = _read_rows(entry[0], rows, raw_chunks=entry[1])
+        dataset = self._datasets.get(name)
+        if dataset is None:
+            dataset = self._datasets[name] = handle[name]
+        try:
+            block = _read_rows(dataset, rows)
+        except OSError as error:
+            raise unreadable(self.path, self.cache.meta, dataset, rows, error) from error
         if out is None:
             return block
         out[...] = block
@@ -522,7 +520,11 @@ class TrainPairs(_CacheDataset):
     def _embedding_rows(self, name: str, rows: np.ndarray, out: np.ndarray) -> None:
         table = self._tables.get(name)
         if table is None and self.embeddings_in_memory and self._mapped.get(name) is None:
-            table = self._tables[name] = self._h5()[name][:]
+            dataset = self._h5()[name]
+            try:
+                table = self._tables[name] = dataset[:]
+            except OSError as error:
+                raise unreadable(self.path, self.cache.meta, dataset, None, error) from error
         out[...] = table[rows] if table is not None else self._rows(name, rows)
 
     def read_batch(
