@@ -294,11 +294,15 @@ def make_shapes_split(work: Path, n_images: int, image_size: int, split: str = "
 
 
 def make_cache(work: Path, teacher_dir: Path, dataset, tag: str, device: str = "cpu") -> Path:
-    from tinysiglip.cache import build_cache
+    from tinysiglip.cache import FORMAT_VERSION, build_cache
+    from tinysiglip.cache.reader import read_meta
 
     out = work / "caches" / f"{tag}-{teacher_dir.name}-{dataset.split}-{len(dataset.records)}.h5"
     if out.exists():
-        return out
+        meta = read_meta(out)
+        if meta.get("complete") and meta.get("format_version") == FORMAT_VERSION:
+            return out
+        out.unlink()  # an older format (or an unfinished file) left by an earlier bench run
     return Path(build_cache(str(teacher_dir), dataset, out, batch_size=64, progress=False, device=device))
 
 
