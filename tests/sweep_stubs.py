@@ -82,11 +82,15 @@ def stub_train(config: dict, *, run_dir, report=None) -> dict:
 
 
 def stub_caches(study, progress=True):
-    root = Path(study.run_dir) / "fake_caches"
-    return {
-        (c.teacher, c.dataset, c.split): root / f"{c.teacher}-{c.dataset}-{c.split}.h5"
-        for c in study.caches_needed()
-    }
+    """Empty files where the caches would be (trials check that they can read them)."""
+    root = Path(study.run_dir).resolve() / "fake_caches"
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for c in study.caches_needed():
+        path = root / f"{c.teacher}-{c.dataset}-{c.split}.h5"
+        path.touch()
+        out[(c.teacher, c.dataset, c.split)] = path
+    return out
 
 
 def stub_teacher_metrics(path):

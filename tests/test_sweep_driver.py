@@ -162,8 +162,12 @@ def check_db(url: str, trials: int, seeds=(0, 1)):
 def test_sweep_prunes_retries_and_records(tmp_path):
     study = write_study(tmp_path, trials=6)
     run_dir = tmp_path / "run"
-    p = sweep(study, "--run-dir", str(run_dir), *HOOKS, TSL_STUB_FAULTS="raise_once:0,always:3")
+    p = sweep(study, "--run-dir", str(run_dir), *HOOKS, check=False, TSL_STUB_FAULTS="raise_once:0,always:3")
     assert "optuna-dashboard sqlite:///" in p.stdout and "pruned" in p.stdout
+    # trial 3 of each cell fails every attempt: the sweep says which and exits non-zero (issue 9)
+    assert p.returncode == 1, p.stderr
+    assert "trial:stubstudy/strong#3" in p.stderr and "trial:stubstudy/flat#3" in p.stderr
+    assert "FAILED trial:stubstudy/strong#3 after 3 attempt(s)" in p.stdout
     url = f"sqlite:///{run_dir / 'study.db'}"
     store, runs = check_db(url, trials=6)
     strong = [r for r in runs if r.cell == "strong" and r.kind == "trial"]
@@ -183,7 +187,8 @@ def test_sweep_prunes_retries_and_records(tmp_path):
     # rerunning without --resume refuses; with --resume there is nothing left to do
     p2 = sweep(study, "--run-dir", str(run_dir), *HOOKS, check=False)
     assert p2.returncode == 2 and "--resume" in p2.stderr
-    sweep(study, "--run-dir", str(run_dir), "--resume", *HOOKS)
+    p3 = sweep(study, "--run-dir", str(run_dir), "--resume", *HOOKS, check=False)
+    assert p3.returncode == 1 and "trial:stubstudy/strong#3" in p3.stderr  # still failed, still said
     store2, runs2 = check_db(url, trials=6)
     assert [(r.id, r.status, r.attempts) for r in runs2] == [(r.id, r.status, r.attempts) for r in runs]
 

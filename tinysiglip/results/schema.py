@@ -30,7 +30,10 @@ they never collide with Optuna's:
     wall_time_s (summed over attempts), cpus, gpu_fraction, gpu_hours (= wall_time_s * gpu_fraction /
     3600), cpu_hours (= wall_time_s * cpus / 3600), device, cache_fingerprints (JSON: {"train": {...},
     "val": {...}, "test": {...}} as given to the run), package_version, run_dir, started_at (first start),
-    finished_at, updated_at.
+    finished_at, updated_at, node_id / node_host / node_ip (the Ray node of its last attempt), student_path
+    (the exported student, under the sweep's artifacts location), checkpoint_path (the Tune trial folder
+    holding its checkpoints). Columns added after a database was made are nullable; the store adds them
+    when it opens an older database.
 
 ``tsl_evaluations``  every evaluation a run reported (what the pruner saw)
     id, run_id (-> tsl_runs.id), epoch, step, metrics (JSON: val Recall@K and mean_r1), objective,
@@ -139,6 +142,11 @@ class RunRow(Base):
     started_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    node_id: Mapped[str | None] = mapped_column(String(128))
+    node_host: Mapped[str | None] = mapped_column(String(255))
+    node_ip: Mapped[str | None] = mapped_column(String(64))
+    student_path: Mapped[str | None] = mapped_column(Text)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
 
 
 class EvaluationRow(Base):
@@ -228,6 +236,11 @@ class RunRecord:
     started_at: _dt.datetime | None
     finished_at: _dt.datetime | None
     updated_at: _dt.datetime | None
+    node_id: str | None = None
+    node_host: str | None = None
+    node_ip: str | None = None
+    student_path: str | None = None
+    checkpoint_path: str | None = None
 
     @property
     def epochs_saved(self) -> int:

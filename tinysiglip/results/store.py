@@ -110,6 +110,7 @@ class StudyStore:
             self.engine = _make_engine(self.url)
             if create:
                 Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except ModuleNotFoundError as exc:  # e.g. psycopg for a PostgreSQL URL
             raise StoreError(
                 f"cannot open study database {redact_url(self.url)}: {exc}. "
@@ -344,6 +345,35 @@ class StudyStore:
             s.flush()
             return _to_record(RunRecord, run)
 
+    def set_run_location(
+        self,
+        run_id: int,
+        *,
+        node_id: str | None = None,
+        node_host: str | None = None,
+        node_ip: str | None = None,
+        device: str | None = None,
+        student_path: str | None = None,
+        checkpoint_path: str | None = None,
+    ) -> None:
+        """Where a run's attempt ran and where its artifacts are; None leaves a field as it is."""
+        fields = dict(
+            node_id=node_id,
+            node_host=node_host,
+            node_ip=node_ip,
+            device=device,
+            student_path=student_path,
+            checkpoint_path=checkpoint_path,
+        )
+        with self.session() as s, s.begin():
+            run = s.get(RunRow, run_id)
+            if run is None:
+                raise StoreError(f"no run with id {run_id}")
+            for name, value in fields.items():
+                if value is not None:
+                    setattr(run, name, str(value))
+            run.updated_at = _now()
+
     def get_run(self, run_id: int) -> RunRecord | None:
         with self.session() as s:
             row = s.get(RunRow, run_id)
@@ -467,6 +497,38 @@ class StudyStore:
                 s.execute(delete(EvaluationRow).where(EvaluationRow.run_id.in_(ids)))
                 s.execute(delete(RunRow).where(RunRow.id.in_(ids)))
             return len(ids)
+
+
+def _add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns this version's tables have and an older database lacks.
+
+    A study database outlives the code that made it; new columns are always nullable, so an
+    ``ALTER TABLE ... ADD COLUMN`` is all an old database needs. Returns "table.column" of each added."""
+    from sqlalchemy import text
+
+    insp = inspect(engine)
+    present_tables = set(insp.get_table_names())
+    added = []
+    for table in Base.metadata.sorted_tables:
+        if table.name not in present_tables:
+            continue
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:
+                raise StoreError(
+                    f"{redact_url(engine.url)}: table {table.name} lacks column {column.name}, which cannot be "
+                    "added to existing rows (not nullable): rebuild the database"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            prep = engine.dialect.identifier_preparer
+            with engine.begin() as conn:
+                conn.execute(
+                    text(f"ALTER TABLE {prep.quote(table.name)} ADD COLUMN {prep.quote(column.name)} {kind}")
+                )
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def _recompute_cost(run: RunRow) -> None:

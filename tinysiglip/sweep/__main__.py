@@ -36,7 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the expanded grid, trial counts, final runs and resources; run nothing",
     )
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
-    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs Ray may use (default: all)")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs a private Ray may use (default: all)")
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="attach to this Ray cluster (host:port of its head, ray://host:10001, auto); default: "
+        "RAY_ADDRESS, else a cluster `ray start` runs on this machine, else a private Ray on 127.0.0.1 "
+        "(`local` forces that)",
+    )
+    p.add_argument(
+        "--artifacts",
+        metavar="URI",
+        help="where trial checkpoints and students go (Ray Tune storage_path): a path every node shares, "
+        "or s3://, gs://, ... (default: RUN_DIR/ray on this machine)",
+    )
     small = p.add_argument_group("small-budget overrides (tests and smoke runs)")
     small.add_argument("--trials-per-cell", type=int, metavar="N")
     small.add_argument("--epochs", type=int, metavar="N", help="epochs per trial and final run")
@@ -53,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tinysiglip.sweep.driver import run_sweep
     from tinysiglip.sweep.options import SweepOptions
-    from tinysiglip.sweep.preflight import apply_overrides, plan_text
+    from tinysiglip.sweep.preflight import apply_overrides, plan_text, resource_check_text
     from tinysiglip.sweep.study import load_study
     from tinysiglip.sweep.trainable import import_function
 
@@ -81,18 +94,28 @@ def main(argv: list[str] | None = None) -> int:
             num_cpus=args.num_cpus,
             skip_final=args.no_final,
             train_fn=args.train_fn,
+            address=args.address,
+            artifacts=args.artifacts,
         )
         if args.dry_run:
             apply_overrides(study, options)
             print(study.describe())
             print(plan_text(study))
+            print(resource_check_text(study, options))
             return 0
-        run_sweep(
+        summary = run_sweep(
             study,
             options,
             ensure_caches=import_function(args.caches_fn) if args.caches_fn else None,
             teacher_metrics=import_function(args.teacher_metrics_fn) if args.teacher_metrics_fn else None,
         )
+        if not summary.ok:
+            print(
+                f"error: {len(summary.failed_runs)} run(s) failed: {', '.join(summary.failed_runs)} "
+                "(errors above and in the study database)",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     except TinySigLIPError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tinysiglip.results.store import open_store, optuna_storage, redact_url
+from tinysiglip.sweep.cluster import check_reachable, resolve_target
 from tinysiglip.sweep.final import queue_final_runs
 from tinysiglip.sweep.options import SweepError, SweepOptions
 from tinysiglip.sweep.preflight import apply_overrides, check_resources
@@ -43,7 +44,7 @@ from tinysiglip.sweep.prepare import (
     teacher_reference_metrics,
 )
 from tinysiglip.sweep.state import SweepState
-from tinysiglip.sweep.summary import SweepSummary, summarize, summary_lines
+from tinysiglip.sweep.summary import SweepSummary, failed_run_lines, summarize, summary_lines
 from tinysiglip.sweep.trainable import function_path
 
 __all__ = ["SweepError", "SweepOptions", "SweepSummary", "check_resources", "run_sweep"]
@@ -68,9 +69,23 @@ def run_sweep(
     echo = options.echo
     t0 = time.time()
     apply_overrides(study, options)
-    check_resources(study, gpus_available=gpus_available)  # before anything is written
+    target = resolve_target(options.address)
+    check_reachable(target)
+    if not target.attach:  # this machine's own capacity, before anything is written
+        check_resources(study, gpus_available=gpus_available, cpus_available=options.num_cpus)
     run_dir = Path(study.run_dir).resolve()
     url = study.storage_url
+
+    t_ray = time.time()
+    started_ray = start_ray(study, options, target)
+    ray_start_s = time.time() - t_ray
+    if target.attach:  # the cluster's nodes, before anything is written
+        try:
+            check_resources(study, nodes=ray.nodes())
+        except SweepError:
+            if started_ray:
+                ray.shutdown()
+            raise
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not options.log_to_driver:  # failures are recorded in the database and echoed in one line
@@ -115,9 +130,6 @@ def run_sweep(
         state.new_left[c.name] = max(0, int(c.trials) - n)
 
     # 3. search, then 4. final runs, each phase one Tuner
-    t_ray = time.time()
-    started_ray = start_ray(study, options)
-    ray_start_s = time.time() - t_ray
     runner = TuneRunner(state, run_dir)
     n_search = len(state.reattach) + sum(state.new_left.values())
     n_finished = sum(len(s.get_trials(deepcopy=False)) for s in ostudies.values()) - len(reattach)
@@ -132,6 +144,11 @@ def run_sweep(
     summary = summarize(study, store, ostudies)
     for line in summary_lines(summary, study):
         echo(line)
+    failed_keys, failed_lines = failed_run_lines(store, study.name)
+    if failed_lines:
+        echo(f"{len(failed_keys)} run(s) failed every attempt (the sweep exits non-zero):")
+        for line in failed_lines:
+            echo(line)
     total = time.time() - t0
     echo(
         f"done in {total:.0f}s (Ray start {ray_start_s:.1f}s, search {search_s:.0f}s, final {final_s:.0f}s); "
@@ -148,4 +165,5 @@ def run_sweep(
         ray_start_s=ray_start_s,
         search_s=search_s,
         final_s=final_s,
+        failed_runs=failed_keys,
     )

@@ -26,4 +26,6 @@ class SweepOptions:
     skip_final: bool = False
     train_fn: str | Callable | None = None  # "module:function" importable by Ray workers
     log_to_driver: bool = False
+    address: str | None = None  # Ray cluster to attach to (None: RAY_ADDRESS, a recorded cluster, private)
+    artifacts: str | None = None  # Tune storage_path: trial checkpoints and students (default run_dir/ray)
     echo: Callable[[str], None] = field(default=print)

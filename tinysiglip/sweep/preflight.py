@@ -1,12 +1,24 @@
-"""What a sweep will run, and whether this machine can run it: small-budget overrides, the GPU check,
-and the ``--dry-run`` plan. Nothing here opens the database or starts Ray."""
+"""What a sweep will run, and whether this machine or the attached cluster can run it: small-budget
+overrides, the resource check, and the ``--dry-run`` plan. Nothing here opens the database or starts
+Ray (a dry run attached to a cluster connects to it only to read its nodes)."""
 
 from __future__ import annotations
 
+import os
+
 from tinysiglip.results.store import redact_url
+from tinysiglip.sweep.cluster import (
+    NodeCapacity,
+    check_fits,
+    check_reachable,
+    cluster_nodes,
+    node_capacities,
+    resolve_target,
+    trial_request,
+)
 from tinysiglip.sweep.options import SweepError, SweepOptions
 
-__all__ = ["apply_overrides", "check_resources", "gpu_count", "plan_text"]
+__all__ = ["apply_overrides", "check_resources", "gpu_count", "plan_text", "resource_check_text"]
 
 
 def gpu_count() -> int:
@@ -18,19 +30,52 @@ def gpu_count() -> int:
         return 0
 
 
-def check_resources(study, *, gpus_available: int | None = None) -> None:
-    gpus = float(study.resources.gpus_per_trial or 0)
-    if study.local or gpus <= 0:
+def check_resources(
+    study,
+    *,
+    gpus_available: int | None = None,
+    cpus_available: float | None = None,
+    nodes: list | None = None,
+) -> None:
+    """Can one trial run on one node? ``nodes`` (``ray.nodes()`` output) checks an attached cluster's
+    nodes; without it the check is against this machine (``cpus_available``/``gpus_available``, by
+    default what it has). A study that fits no node would wait forever: it is an error before anything
+    runs, naming the resource and the biggest node."""
+    request = trial_request(study)
+    if nodes is not None:
+        check_fits(request, node_capacities(nodes), where=str(study.path))
         return
+    gpus = request.get("gpu", 0.0)
     n = gpu_count() if gpus_available is None else gpus_available
-    if n <= 0:
+    if gpus > 0 and n <= 0:
         raise SweepError(
             f"{study.path}: resources.gpus_per_trial={gpus:g} but this machine has no GPU "
-            "(torch.cuda.is_available() is False). Run it on a GPU machine, set resources.gpus_per_trial: 0, "
-            "or run the local world with --local."
+            "(torch.cuda.is_available() is False). Run it on a GPU machine or attach to a cluster with GPU "
+            "nodes (--address), set resources.gpus_per_trial: 0, or run the local world with --local."
         )
-    if gpus > n:
-        raise SweepError(f"{study.path}: resources.gpus_per_trial={gpus:g} but this machine has {n} GPU(s)")
+    cpus = float(cpus_available or os.cpu_count() or 1)
+    this_machine = NodeCapacity(node_id="local", host="this machine", cpu=cpus, gpu=float(n))
+    check_fits(request, [this_machine], where=str(study.path))
+
+
+def resource_check_text(study, options: SweepOptions) -> str:
+    """The --dry-run's resource check: against an attached cluster's nodes (an error when no node fits
+    a trial, as the sweep itself would stop), else against this machine (a warning: the plan may be
+    meant for another machine)."""
+    target = resolve_target(options.address)
+    if not target.attach:
+        try:
+            check_resources(study, cpus_available=options.num_cpus)
+        except SweepError as exc:
+            return f"  resources: WARNING: a sweep on this machine would stop: {exc}"
+        return "  resources: one trial fits this machine (private Ray on 127.0.0.1)"
+    check_reachable(target)
+    nodes = cluster_nodes(target.address)
+    lines = [f"  cluster {target.address} ({target.source}): {len(node_capacities(nodes))} alive node(s)"]
+    lines += [f"    {n.describe()}" for n in node_capacities(nodes)]
+    check_resources(study, nodes=nodes)
+    lines.append("  resources: one trial fits at least one node")
+    return "\n".join(lines)
 
 
 def apply_overrides(study, options: SweepOptions) -> None:

@@ -13,31 +13,88 @@ import time
 from pathlib import Path
 
 from tinysiglip.sweep.callback import AttemptRecorder
-from tinysiglip.sweep.options import SweepOptions
+from tinysiglip.sweep.cluster import ClusterTarget, check_reachable, resolve_target, token_auth_note
+from tinysiglip.sweep.options import SweepError, SweepOptions
 from tinysiglip.sweep.preflight import gpu_count
 from tinysiglip.sweep.scheduler import OptunaPruningScheduler
 from tinysiglip.sweep.searcher import CellSearcher
 from tinysiglip.sweep.state import SweepState
 from tinysiglip.sweep.trainable import tsl_trainable
 
-__all__ = ["TuneRunner", "start_ray"]
+__all__ = ["TuneRunner", "start_ray", "worker_runtime_env"]
 
 
-def start_ray(study, options: SweepOptions) -> bool:
-    """Start a local Ray for this sweep unless one is already initialised; True when this call started it."""
+def start_ray(study, options: SweepOptions, target: ClusterTarget | None = None) -> bool:
+    """Attach to the cluster the options or environment name, else start a private Ray that listens on
+    127.0.0.1 only; True when this call started Ray (so the sweep shuts it down at the end)."""
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(
-        num_cpus=options.num_cpus or os.cpu_count() or 1,
-        num_gpus=0 if study.local else gpu_count(),
-        log_to_driver=options.log_to_driver,
-        configure_logging=True,
-        logging_level="WARNING",
-        **_dashboard_kwargs(options),
-    )
+    if target is None:
+        target = resolve_target(options.address)
+        check_reachable(target)
+    common = dict(log_to_driver=options.log_to_driver, configure_logging=True, logging_level="WARNING")
+    if target.attach:
+        try:
+            ctx = ray.init(address=target.address, runtime_env=worker_runtime_env(), **common)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+            raise SweepError(
+                f"cannot attach to the Ray cluster at {target.address} ({target.source}): {exc}"
+            ) from exc
+        options.echo(f"ray: attached to the cluster at {target.address} ({target.source})")
+    else:
+        _bind_private_ray_to_loopback()
+        ctx = ray.init(
+            num_cpus=options.num_cpus or os.cpu_count() or 1,
+            num_gpus=0 if study.local else gpu_count(),
+            _node_ip_address="127.0.0.1",
+            **common,
+            **_dashboard_kwargs(options),
+        )
+    _echo_access(ctx, options, attached=target.attach)
     return True
+
+
+def _bind_private_ray_to_loopback() -> None:
+    """A private Ray serves nobody else: its GCS, raylet and workers listen on 127.0.0.1 only.
+
+    Ray resolves 127.0.0.1 to the machine's address unless cluster mode is off (the switch it uses on
+    macOS/Windows); the environment variable reaches the processes Ray starts, the constant this one."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except Exception:  # noqa: BLE001 - another Ray layout: it binds as it always did
+        pass
+
+
+def worker_runtime_env(environ=None) -> dict:
+    """What trials on a cluster's nodes need from the driver: the ``tinysiglip`` package (through Ray's
+    ``py_modules``, so nodes need not have it installed) and the ``TINYSIGLIP_*``/``TSL_*`` settings.
+
+    A sweep submitted as a Ray job keeps the job's own runtime environment (its ``working_dir``)."""
+    environ = os.environ if environ is None else environ
+    env_vars = {k: v for k, v in environ.items() if k.startswith(("TINYSIGLIP_", "TSL_"))}
+    out: dict = {"env_vars": env_vars} if env_vars else {}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in environ:
+        import tinysiglip
+
+        out["py_modules"] = [str(Path(tinysiglip.__file__).parent)]
+    return out
+
+
+def _echo_access(ctx, options: SweepOptions, *, attached: bool) -> None:
+    """Where the cluster's dashboard is and, with token auth, where its token is (never the token)."""
+    url = (getattr(ctx, "address_info", None) or {}).get("webui_url") or getattr(ctx, "dashboard_url", None)
+    if url:
+        options.echo(f"ray dashboard: http://{url.split('://')[-1]}")
+    elif attached:
+        options.echo("ray dashboard: none on this cluster (start the head with ray[default] installed)")
+    note = token_auth_note() if (attached or url) else None
+    if note:
+        options.echo(f"ray: {note}")
 
 
 def _dashboard_kwargs(options: SweepOptions) -> dict:
@@ -59,16 +116,28 @@ def _dashboard_kwargs(options: SweepOptions) -> dict:
     return {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
 
 
+def artifacts_location(artifacts: str | None, run_dir: Path) -> str:
+    """Where Tune keeps trial checkpoints and students: ``--artifacts`` (a shared path, or a URI that
+    Tune's ``storage_path`` accepts: ``s3://``, ``gs://``, ...) or ``run_dir/ray`` on this machine."""
+    if artifacts and "://" in artifacts:
+        return artifacts
+    path = Path(artifacts).expanduser().resolve() if artifacts else run_dir / "ray"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
 class TuneRunner:
-    """Runs the sweep's phases, one ``tune.Tuner`` each, with Tune's files under ``run_dir/ray``."""
+    """Runs the sweep's phases, one ``tune.Tuner`` each, with Tune's files under the artifacts location."""
 
     def __init__(self, state: SweepState, run_dir: Path):
         from ray import tune
 
         self.state = state
-        self.trainable = tune.with_resources(tsl_trainable, {"cpu": state.cpus, "gpu": state.gpu_fraction})
-        self.ray_dir = run_dir / "ray"
-        self.ray_dir.mkdir(parents=True, exist_ok=True)
+        custom = dict(getattr(state.study.resources, "custom", None) or {})
+        self.trainable = tune.with_resources(
+            tsl_trainable, {"cpu": state.cpus, "gpu": state.gpu_fraction, **custom}
+        )
+        self.ray_dir = artifacts_location(state.options.artifacts, run_dir)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     def run_phase(self, phase: str, n: int) -> float:
@@ -90,7 +159,7 @@ class TuneRunner:
             ),
             run_config=tune.RunConfig(
                 name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(self.ray_dir),
+                storage_path=self.ray_dir,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=int(study.max_failures)),
                 callbacks=[AttemptRecorder(self.state)],

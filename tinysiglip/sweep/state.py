@@ -54,6 +54,7 @@ class Active:
     done: bool = False
     last_eval: dict | None = None
     final: dict | None = None
+    node: dict | None = None  # where the current attempt runs (from its reports)
 
 
 class SweepState:
@@ -265,6 +266,7 @@ class SweepState:
         step = int(payload.get("step") or result.get("step") or 0)
         objective = finite_or_none(payload.get("objective"))
         a.last_eval = payload
+        self._record_node(a, payload.get("node"))
         self.store.record_evaluation(
             a.run_id, epoch=epoch, step=step, metrics=payload.get("metrics") or {}, objective=objective
         )
@@ -302,6 +304,32 @@ class SweepState:
         a = self.active.get(trial_id)
         if a is not None:
             a.final = json.loads(result.get("tsl_payload") or "{}")
+            self._record_node(a, a.final.get("node"))
+
+    def _record_node(self, a: Active, node: dict | None) -> None:
+        """The node this attempt runs on (recorded once per attempt, and again when a retry moves)."""
+        if not node or node == a.node:
+            return
+        a.node = dict(node)
+        self.store.set_run_location(
+            a.run_id,
+            node_id=node.get("node_id"),
+            node_host=node.get("node_host"),
+            node_ip=node.get("node_ip"),
+        )
+
+    def _record_artifacts(self, a: Active, trial, res: dict) -> None:
+        """Where the run's checkpoints (Tune's trial folder) and exported student are, in storage."""
+        checkpoint_folder = student = None
+        try:
+            checkpoint_folder = _storage_uri(trial, trial.path) if trial is not None else None
+            if res.get("student_path") and trial is not None and trial.checkpoint is not None:
+                student = _storage_uri(trial, trial.checkpoint.path)
+        except Exception:  # noqa: BLE001 - a trial object without storage (tests): paths unknown
+            pass
+        self.store.set_run_location(
+            a.run_id, device=res.get("device"), student_path=student, checkpoint_path=checkpoint_folder
+        )
 
     def on_trial_end(self, trial_id: str, *, error: bool) -> None:
         """Called once per Ray trial when it ends (completed, stopped by the pruner, or errored for good)."""
@@ -328,6 +356,7 @@ class SweepState:
                 objective = finite_or_none(a.last_eval.get("objective"))
             if objective is None and a.kind == "trial":
                 err_text = "no finite objective was reported"
+        self._record_artifacts(a, a.ray_trial or self.ray_trials.get(trial_id), res)
         common = dict(
             epochs_done=res.get("epochs_done"),
             steps=res.get("steps"),
@@ -378,6 +407,15 @@ class SweepState:
 
     def _label(self, a: Active) -> str:
         return f"trial {a.number}" if a.kind == "trial" else f"final seed {a.seed}"
+
+
+def _storage_uri(trial, path: str | None) -> str | None:
+    """A path in the trial's storage as a user can open it: a local path, or ``scheme://path``."""
+    if not path:
+        return None
+    fs = getattr(getattr(trial, "storage", None), "storage_filesystem", None)
+    scheme = getattr(fs, "type_name", "local")
+    return path if scheme in ("local", None) or "://" in path else f"{scheme}://{path}"
 
 
 def _last_line(text: str) -> str:

@@ -3,12 +3,12 @@ cost; printed as a table at the end of ``python -m tinysiglip.sweep``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tinysiglip.results.frames import cost_summary, load_runs
 from tinysiglip.results.store import StudyStore
 
-__all__ = ["SweepSummary", "summarize", "summary_lines"]
+__all__ = ["SweepSummary", "failed_run_lines", "summarize", "summary_lines"]
 
 
 @dataclass
@@ -20,6 +20,27 @@ class SweepSummary:
     ray_start_s: float
     search_s: float
     final_s: float
+    failed_runs: list[str] = field(default_factory=list)  # run keys of runs that failed every attempt
+
+    @property
+    def ok(self) -> bool:
+        """False when any trial or final run failed for good (the sweep then exits non-zero)."""
+        return not self.failed_runs
+
+
+def failed_run_lines(store: StudyStore, study_name: str) -> tuple[list[str], list[str]]:
+    """(run keys, printable lines) of the study's runs that failed every attempt, with where and why."""
+    keys, lines = [], []
+    for r in store.runs(study_name, status="failed"):
+        keys.append(r.run_key)
+        where = getattr(r, "node_host", None)
+        error = [ln.strip() for ln in (r.error or "").splitlines() if ln.strip()]
+        lines.append(
+            f"  FAILED {r.run_key} after {r.attempts} attempt(s)"
+            + (f" on {where}" if where else "")
+            + (f": {error[-1][:300]}" if error else "")
+        )
+    return keys, lines
 
 
 def summarize(study, store: StudyStore, ostudies: dict) -> dict[str, dict]:

@@ -16,6 +16,10 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_TRAIN_FN",
+    "CacheNotReadable",
+    "check_caches_readable",
+    "describe_device",
+    "node_identity",
     "TrialDiverged",
     "finite_or_none",
     "function_path",
@@ -56,16 +60,116 @@ def finite_or_none(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def node_identity() -> dict[str, str | None]:
+    """Where this trial runs: Ray's node id, the host name and IP (recorded per run in the database)."""
+    import socket
+
+    node_id = ip = None
+    try:
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside Ray (tests): host name only
+        pass
+    return {"node_id": node_id, "node_host": socket.gethostname(), "node_ip": ip}
+
+
+def describe_device(device: str | None) -> str | None:
+    """``"cuda:0"`` → ``"cuda:0 NVIDIA H100 80GB HBM3"`` (the GPU model), ``"cpu"`` as it is."""
+    if not device or not str(device).startswith("cuda"):
+        return device
+    try:
+        import torch
+
+        index = int(str(device).partition(":")[2] or 0)
+        return f"{device} {torch.cuda.get_device_name(index)}"[:64]
+    except Exception:  # noqa: BLE001 - the model name is a nicety
+        return device
+
+
+def check_caches_readable(train_config: dict, node: dict) -> None:
+    """Every cache the run needs can be read on this node, else an error naming node, path and fixes.
+
+    On a cluster the driver's cache paths must be visible on every node; without this check a trial
+    on a node that cannot see them fails deep inside h5py."""
+    data = train_config.get("data") or {}
+    missing = []
+    for key in ("train_cache", "val_cache", "test_cache"):
+        path = data.get(key)
+        if not path or "://" in str(path):
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            missing.append(f"data.{key} = {path} ({exc.strerror or exc})")
+    if missing:
+        where = (
+            f"{node.get('node_host')} ({node.get('node_ip') or '?'}, Ray node {node.get('node_id') or '?'})"
+        )
+        raise CacheNotReadable(
+            f"node {where} cannot read the cache(s) this run needs: {'; '.join(missing)}. Fix: put the "
+            "caches on storage every node mounts at the same path (a shared file system) and point the "
+            "study's cache root there, or copy them to that same path on every node before the sweep."
+        )
+
+
+class CacheNotReadable(RuntimeError):
+    """A trial's node cannot read a cache the driver named (not shared with this node)."""
+
+
+def _restore_tune_checkpoint(run_dir: str) -> bool:
+    """A retried trial (maybe on another node) starts from the checkpoint it last reported to Tune.
+
+    The copy Tune persisted under the storage path replaces what this node's run folder holds, which
+    is either nothing (a new node) or not newer (each checkpoint is reported right after it is saved)."""
+    import shutil
+    from pathlib import Path
+
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return False
+    target = Path(run_dir) / "checkpoint"
+    staging = Path(run_dir) / "checkpoint.restore"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.to_directory(str(staging))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return True
+
+
+def _tune_checkpoint(folder):
+    """The folder as a Tune checkpoint (persisted to the storage path by ``tune.report``), if it exists."""
+    from pathlib import Path
+
+    from ray.tune import Checkpoint
+
+    return Checkpoint.from_directory(str(folder)) if Path(folder).is_dir() else None
+
+
 def tsl_trainable(config: dict) -> None:
     """The one Ray Tune trainable: run the training function for one trial or final run.
 
-    Every evaluation goes to ``tune.report`` (the driver records it and decides on pruning); the final
-    result is reported once more with ``tsl_event="final"``. A diverged run raises, so Ray retries it
-    (from ``run_dir/checkpoint``) up to the study's ``max_failures``."""
+    Every evaluation goes to ``tune.report`` with the run's checkpoint folder (Tune copies it to the
+    storage path, so a retry on another node resumes there); the final result is reported once more
+    with ``tsl_event="final"`` and the exported student (or last checkpoint). A diverged run raises, so
+    Ray retries it up to the study's ``max_failures``. Each report carries the node the trial runs on."""
+    import os
+
     from ray import tune
 
     spec = config["tsl"]
     train_fn = import_function(spec["train_fn"])
+    node = node_identity()
+    check_caches_readable(spec["train_config"], node)
+    restored = _restore_tune_checkpoint(spec["run_dir"])
+    checkpoint_dir = os.path.join(spec["run_dir"], "checkpoint")
 
     def report(event: dict) -> None:
         metrics = event.get("metrics") or {}
@@ -81,10 +185,13 @@ def tsl_trainable(config: dict) -> None:
                         "step": event.get("step"),
                         "metrics": metrics,
                         "objective": finite_or_none(event.get("objective")),
+                        "node": node,
+                        "restored_from_tune": bool(restored),
                     },
                     default=str,
                 ),
-            }
+            },
+            checkpoint=_tune_checkpoint(checkpoint_dir),
         )
         return None
 
@@ -94,4 +201,12 @@ def tsl_trainable(config: dict) -> None:
     if result.get("status") not in (None, "complete", "stopped"):
         raise RuntimeError(f"training ended with status {result.get('status')!r}: {result.get('error')}")
     payload = {k: v for k, v in result.items() if k not in ("config",)}
-    tune.report({"tsl_event": "final", "tsl_payload": json.dumps(payload, default=str)})
+    payload["device"] = describe_device(payload.get("device"))
+    payload["node"] = node
+    student = os.path.join(spec["run_dir"], "student")
+    artifact = student if os.path.isdir(student) else checkpoint_dir
+    payload["student_path"] = student if os.path.isdir(student) else None
+    tune.report(
+        {"tsl_event": "final", "tsl_payload": json.dumps(payload, default=str)},
+        checkpoint=_tune_checkpoint(artifact),
+    )

@@ -290,6 +290,20 @@ class Resources(StrictModel):
     """CPUs per trial (also the trial's torch threads when it has no GPU)."""
     gpus_per_trial: float = Field(0.0, ge=0, json_schema_extra={"anyOf": [{"maximum": 1}, {"multipleOf": 1}]})
     """GPUs per trial: 0 (CPU), a fraction <= 1 (trials share a GPU) or a whole number."""
+    custom: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    """Custom Ray resources per trial (``ray start --resources '{"bigmem": 1}'``): trials run only on
+    nodes that have them."""
+
+    @field_validator("custom")
+    @classmethod
+    def _not_builtin(cls, custom: dict[str, float]) -> dict[str, float]:
+        clash = sorted(k for k in custom if k.upper() in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"))
+        if clash:
+            raise problem(
+                f"custom resources {clash} are Ray's built-in ones",
+                "use cpus_per_trial / gpus_per_trial for CPUs and GPUs, and a name of your own here",
+            )
+        return custom
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -307,6 +321,7 @@ class Resources(StrictModel):
         out = {"cpu": self.cpus_per_trial}
         if self.gpus_per_trial:
             out["gpu"] = self.gpus_per_trial
+        out.update(self.custom)
         return out
 
 
