@@ -53,7 +53,9 @@ def test_address_flag_then_environment_then_recorded_cluster():
 
 def test_unreachable_address_is_a_clean_error():
     port = free_port()  # nothing listens there any more
-    with pytest.raises(SweepError, match=rf"cannot reach a Ray cluster at 127.0.0.1:{port} \(from --address\)"):
+    with pytest.raises(
+        SweepError, match=rf"cannot reach a Ray cluster at 127.0.0.1:{port} \(from --address\)"
+    ):
         check_reachable(ClusterTarget(f"127.0.0.1:{port}", "--address"))
     check_reachable(ClusterTarget(None, "private"))  # nothing to reach
 
@@ -63,7 +65,14 @@ def test_cli_unreachable_address_exits_2(tmp_path):
 
     port = free_port()
     p = subprocess.run(
-        [sys.executable, "-m", "tinysiglip.sweep", str(write_study(tmp_path)), "--address", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "tinysiglip.sweep",
+            str(write_study(tmp_path)),
+            "--address",
+            f"127.0.0.1:{port}",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -103,8 +112,13 @@ HEAD = {
     "NodeID": "aa" * 28,
     "Alive": True,
     "NodeManagerHostname": "head",
-    "Resources": {"CPU": 2.0, "memory": 1e9, "object_store_memory": 1e8, "node:192.0.2.2": 1.0,
-                  "node:__internal_head__": 1.0},
+    "Resources": {
+        "CPU": 2.0,
+        "memory": 1e9,
+        "object_store_memory": 1e8,
+        "node:192.0.2.2": 1.0,
+        "node:__internal_head__": 1.0,
+    },
 }
 GPU_WORKER = {
     "NodeID": "bb" * 28,
@@ -210,7 +224,9 @@ def test_trial_refuses_a_cache_its_node_cannot_read(tmp_path):
 def test_old_database_gains_the_location_columns_and_keeps_its_rows(tmp_path):
     db = tmp_path / "old.db"
     store = open_store(db)
-    rec = store.start_run(study_name="s", cell="c", kind="trial", optuna_study_name="s/c", optuna_trial_number=0)
+    rec = store.start_run(
+        study_name="s", cell="c", kind="trial", optuna_study_name="s/c", optuna_trial_number=0
+    )
     store.close()
     con = sqlite3.connect(db)  # make it a database of the previous schema
     for col in ("node_id", "node_host", "node_ip", "student_path", "checkpoint_path"):

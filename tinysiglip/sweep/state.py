@@ -284,6 +284,7 @@ class SweepState:
 
         self.optuna[a.cell].tell(a.optuna_trial, state=optuna.trial.TrialState.PRUNED)
         a.done = True
+        self._record_artifacts(a, a.ray_trial or self.ray_trials.get(trial_id), {})
         rec = self.store.finish_run(
             a.run_id,
             "pruned",
