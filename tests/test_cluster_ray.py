@@ -257,8 +257,12 @@ def test_lost_node_trial_moves_and_resumes_from_its_tune_checkpoint(two_nodes, t
     store, runs = check_db(url, trials=2, seeds=(0,))
     after = store.get_run(moved.id)
     assert after.attempts == 2 and after.node_id != worker, after  # retried, on the other node
-    epochs = [e.epoch for e in store.evaluations(moved.id)]
+    evals = store.evaluations(moved.id)
+    epochs = [e.epoch for e in evals]
     assert len(epochs) == len(set(epochs)) and epochs == list(range(1, max(epochs) + 1))
+    before = [e for e in evals if e.epoch <= moved.epochs_done]  # done before the node was lost
+    assert before and all(e.attempt == 1 for e in before), [(e.epoch, e.attempt) for e in evals]
+    assert any(e.attempt == 2 for e in evals) or max(epochs) == moved.epochs_done  # the retry went on
     # the checkpoints the run reported to Tune, in order: epochs never repeat, so the retry (whose node
     # had no local checkpoint: it was deleted with the lost node) resumed from Tune's copy
     reported = [

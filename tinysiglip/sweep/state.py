@@ -348,8 +348,11 @@ class SweepState:
         elif not a.final:
             err_text = "the trial ended without a final result"
         objective = None
+        recorded = (
+            {(e.epoch, e.step) for e in self.store.evaluations(a.run_id)} if res.get("val_history") else set()
+        )
         for ev in res.get("val_history") or []:  # backfill evaluations a killed driver never recorded
-            self._backfill(a, ev)
+            self._backfill(a, ev, recorded)
         if err_text is None:
             hist = res.get("val_history") or []
             objective = finite_or_none(hist[-1].get("objective")) if hist else None
@@ -392,10 +395,12 @@ class SweepState:
                 self.store.finish_run(a.run_id, "failed", error=err_text, **common)
                 self.echo(f"  [{a.cell}] final seed {a.seed}: FAILED: {_last_line(err_text)}")
 
-    def _backfill(self, a: Active, ev: dict) -> None:
+    def _backfill(self, a: Active, ev: dict, recorded: set) -> None:
         try:
             epoch, step = int(ev.get("epoch") or 0), int(ev.get("step") or 0)
         except (TypeError, ValueError):
+            return
+        if (epoch, step) in recorded:  # recorded when reported: keep the attempt that reported it
             return
         objective = finite_or_none(ev.get("objective"))
         self.store.record_evaluation(
