@@ -52,7 +52,7 @@ def test_pages_share_one_plotly_js(dashboards):
     index = (dashboards / "index.html").read_text()
     folder = dashboards / STUDY_NAME
     pages = sorted(folder.glob("*.html"))
-    assert {p.stem for p in pages} == {"results", "search", "curves", "cost"}
+    assert {p.stem for p in pages} == {"results", "search", "curves", "cost", "pruning"}
     assert [p.name for p in folder.glob("*.js")] == ["plotly.min.js"]
     assert (folder / "plotly.min.js").read_text(encoding="utf-8").lstrip("/* \n").startswith("plotly.js v")
     for p in pages:

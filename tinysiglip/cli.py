@@ -9,6 +9,7 @@ tinysiglip eval             Recall@K of a trained student (or the teacher) on a 
 tinysiglip sweep            run a study (same as python -m tinysiglip.sweep)
 tinysiglip report           tables from the study database
 tinysiglip dashboards       Plotly HTML dashboards from the study database
+tinysiglip prune-replay     replay a study's learning curves through other pruners (epochs saved, regret)
 tinysiglip schema ...       JSON Schema of study files, training configs or search spaces (for editors)
 """
 
@@ -29,6 +30,7 @@ _REGISTRARS = (
     "tinysiglip.teacher.cli",
     "tinysiglip.local_world",
     "tinysiglip.cache.cli",
+    "tinysiglip.results.replay",
 )
 # Stages with their own ``python -m`` entry point; ``tinysiglip NAME args`` forwards to them.
 _FORWARDED = {

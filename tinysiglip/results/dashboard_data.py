@@ -26,6 +26,7 @@ __all__ = [
     "optimization_history",
     "parallel_coordinates",
     "param_importances",
+    "pruner_replay",
     "scaling",
 ]
 
@@ -257,6 +258,61 @@ def cost_over_time(data: StudyData) -> dict:
     }
 
 
+def pruner_replay(data: StudyData) -> dict:
+    """The study's complete trials replayed through other pruners (:mod:`.replay`): per pruner the
+    trial-epochs used and saved, per cell whether the best trial survives and the regret."""
+    from tinysiglip.results.replay import replay_frames, replay_text
+
+    result = replay_frames(
+        data.runs,
+        data.curves,
+        study=data.name,
+        direction=data.direction,
+        metric=data.metric,
+        study_pruner=data.settings.get("pruner"),
+    )
+    pruners = []
+    for p in result.pruners:
+        cells = [
+            {
+                "cell": c.cell,
+                "trials": c.trials,
+                "epochs_used": c.epochs_used,
+                "epochs_recorded": c.epochs_recorded,
+                "pruned": list(c.pruned),
+                "best_trial": c.best_trial,
+                "best_kept": c.best_survives,
+                "regret": c.regret(result.direction),
+            }
+            for c in p.cells
+        ]
+        pruners.append(
+            {
+                "label": p.label,
+                "settings": p.settings,
+                "epochs_used": p.epochs_used,
+                "epochs_saved": p.epochs_saved,
+                "saved_fraction": p.saved_fraction,
+                "trials_pruned": p.trials_pruned,
+                "best_kept": p.best_survived,
+                "cells": cells,
+            }
+        )
+    has_trials = bool(pruners and pruners[0]["cells"])
+    return {
+        "pruners": pruners if has_trials else [],
+        "text": replay_text(result),
+        "note": (
+            "Complete search trials replayed in recorded order through fresh Optuna pruners "
+            "(`tinysiglip prune-replay` prints the same). "
+            + (f"Not replayed (curves stop early): {result.left_out}. " if result.left_out else "")
+            + "Pruning would also have changed what the sampler proposed next; a replay cannot show that."
+        )
+        if has_trials
+        else "no complete search trial with a learning curve to replay",
+    }
+
+
 DATA_FUNCTIONS = {
     "ablation_bars": ablation_bars,
     "parallel_coordinates": parallel_coordinates,
@@ -265,4 +321,5 @@ DATA_FUNCTIONS = {
     "param_importances": param_importances,
     "scaling": scaling,
     "cost_over_time": cost_over_time,
+    "pruner_replay": pruner_replay,
 }

@@ -11,7 +11,7 @@ Which plots go on which page, for which study, is declared in ``dashboards/*.yam
       overview: [ablation_bars, scaling, cost_over_time]
 
 Plots: ``ablation_bars``, ``parallel_coordinates``, ``learning_curves``, ``optimization_history``,
-``param_importances``, ``scaling``, ``cost_over_time``. Data come from :mod:`.dashboard_data` (plain
+``param_importances``, ``scaling``, ``cost_over_time``, ``pruner_replay``. Data come from :mod:`.dashboard_data` (plain
 dicts from the study's DataFrames); :mod:`.plots` turns them into Plotly figures.
 
 Each study's folder holds its pages and one ``plotly.min.js`` they load by a relative path: the folder

@@ -328,6 +328,59 @@ def draw_cost_over_time(d: dict) -> list:
     return [("Cost and pruning over time", fig)]
 
 
+def draw_pruner_replay(d: dict) -> list:
+    go = _go()
+    pruners = d["pruners"]
+    if not pruners:
+        return []
+    labels = [p["label"] for p in pruners]
+    summary = go.Figure(
+        go.Bar(
+            x=labels,
+            y=[p["epochs_used"] for p in pruners],
+            marker={
+                "color": ["#7f7f7f" if p["settings"].get("type") == "none" else "#1f77b4" for p in pruners]
+            },
+            text=[
+                f"saved {p['epochs_saved']} ({100 * p['saved_fraction']:.0f}%), best kept "
+                f"{p['best_kept']}/{len(p['cells'])}"
+                for p in pruners
+            ],
+            textposition="outside",
+            hovertemplate="%{x}<br>trial-epochs used %{y}<br>%{text}<extra></extra>",
+        )
+    )
+    summary.update_layout(
+        title="Pruner replay: trial-epochs each pruner would have used", yaxis_title="trial-epochs"
+    )
+    _headroom(summary, [p["epochs_used"] for p in pruners], floor=0)
+    per_cell = go.Figure()
+    for p in pruners:
+        cells = p["cells"]
+        per_cell.add_trace(
+            go.Bar(
+                name=p["label"],
+                x=[c["cell"] for c in cells],
+                y=[c["epochs_used"] for c in cells],
+                text=["kept" if c["best_kept"] else f"−{c['regret']:.3g}" for c in cells],
+                textposition="outside",
+                customdata=[
+                    f"best #{c['best_trial']}, pruned trials {c['pruned'] or '-'}, of {c['epochs_recorded']} epochs"
+                    for c in cells
+                ],
+                hovertemplate="%{x}: %{y} trial-epochs<br>%{customdata}<br>best trial %{text}<extra>"
+                + p["label"]
+                + "</extra>",
+            )
+        )
+    per_cell.update_layout(
+        barmode="group",
+        title="Per cell: trial-epochs used; label = best trial kept, else regret in the objective",
+        yaxis_title="trial-epochs",
+    )
+    return [("Pruner replay", summary), ("Pruner replay per cell", per_cell)]
+
+
 PLOTS = {
     "ablation_bars": draw_ablation_bars,
     "parallel_coordinates": draw_parallel_coordinates,
@@ -336,5 +389,6 @@ PLOTS = {
     "param_importances": draw_param_importances,
     "scaling": draw_scaling,
     "cost_over_time": draw_cost_over_time,
+    "pruner_replay": draw_pruner_replay,
 }
 assert set(PLOTS) == set(DATA_FUNCTIONS)

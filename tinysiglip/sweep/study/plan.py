@@ -18,7 +18,17 @@ from tinysiglip.config.training import ObjectiveConfig
 from tinysiglip.sweep.search_space import StudyError, canonical_name
 from tinysiglip.sweep.study.models import Budget, Resources
 
-__all__ = ["Budget", "CacheSpec", "Cell", "DatasetSpec", "Objective", "Resources", "Study", "TeacherSpec"]
+__all__ = [
+    "Budget",
+    "CacheSpec",
+    "Cell",
+    "DatasetSpec",
+    "Objective",
+    "Resources",
+    "Study",
+    "TeacherSpec",
+    "make_pruner",
+]
 
 # The study's objective: the validation metric and its direction (the training config's own section).
 Objective = ObjectiveConfig
@@ -113,6 +123,29 @@ class Cell:
         return config
 
 
+def make_pruner(settings: dict, *, max_epochs: int | None = None):
+    """A fresh Optuna pruner from validated ``pruner`` settings (``{"type": ..., settings}``); steps are
+    evaluation epochs. ``max_epochs`` is Hyperband's longest bracket when the settings leave it open.
+    Shared by the sweep and the pruner replay (:mod:`tinysiglip.results.replay`)."""
+    import optuna
+
+    p = dict(settings)
+    kind = p.pop("type")
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**p)
+    if kind == "percentile":
+        return optuna.pruners.PercentilePruner(**p)
+    if kind == "hyperband":
+        if p.get("max_resource") is None:
+            p["max_resource"] = max_epochs or "auto"
+        return optuna.pruners.HyperbandPruner(**p)
+    if kind == "wilcoxon":  # replay only: study files do not offer it (steps are few epochs, not instances)
+        return optuna.pruners.WilcoxonPruner(**p)
+    return optuna.pruners.SuccessiveHalvingPruner(**p)
+
+
 @dataclass
 class Study:
     name: str
@@ -171,21 +204,7 @@ class Study:
 
     def make_pruner(self):
         """A fresh Optuna pruner from the ``pruner`` settings. Steps are evaluation epochs."""
-        import optuna
-
-        p = dict(self.pruner)
-        kind = p.pop("type")
-        if kind == "none":
-            return optuna.pruners.NopPruner()
-        if kind == "median":
-            return optuna.pruners.MedianPruner(**p)
-        if kind == "percentile":
-            return optuna.pruners.PercentilePruner(**p)
-        if kind == "hyperband":
-            if p.get("max_resource") is None:
-                p["max_resource"] = self.budget.epochs if self.budget else "auto"
-            return optuna.pruners.HyperbandPruner(**p)
-        return optuna.pruners.SuccessiveHalvingPruner(**p)
+        return make_pruner(self.pruner, max_epochs=self.budget.epochs if self.budget else None)
 
     @property
     def n_search_trials(self) -> int:
