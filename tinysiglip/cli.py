@@ -7,6 +7,7 @@ tinysiglip cache ...        build / inspect / verify an HDF5 teacher cache
 tinysiglip train            train one student from caches (config file + overrides)
 tinysiglip eval             Recall@K of a trained student (or the teacher) on a cache
 tinysiglip sweep            run a study (same as python -m tinysiglip.sweep)
+tinysiglip forecast         a study's trial-epochs, device-hours and wall time before it runs
 tinysiglip report           tables from the study database
 tinysiglip dashboards       Plotly HTML dashboards from the study database
 tinysiglip prune-replay     replay a study's learning curves through other pruners (epochs saved, regret)
@@ -31,6 +32,7 @@ _REGISTRARS = (
     "tinysiglip.local_world",
     "tinysiglip.cache.cli",
     "tinysiglip.results.replay",
+    "tinysiglip.sweep.forecast",
 )
 # Stages with their own ``python -m`` entry point; ``tinysiglip NAME args`` forwards to them.
 _FORWARDED = {

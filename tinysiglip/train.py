@@ -28,6 +28,7 @@ from tinysiglip.evaluate import retrieval_metrics
 from tinysiglip.losses import DistillationLoss, LossWeights
 
 __all__ = [
+    "measure_step_seconds",
     "DEFAULT_CONFIG",
     "ConfigError",
     "encode_cache",
@@ -577,3 +578,76 @@ def _export_student(model, run_dir: Path, config: dict[str, Any], train_cache) -
     model.save_pretrained(
         run_dir / "student", processor_dir=processor, extra_config={"training_config": config}
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# step timing (the cost forecast)
+
+
+def measure_step_seconds(config: Mapping[str, Any], *, steps: int = 5, warmup: int = 2) -> float:
+    """Seconds per optimiser step of ``config`` on its device: the real student, loss, optimiser and
+    step on random batches of the training cache's shapes (no data loading, no evaluation). The cost
+    forecast (``tinysiglip.sweep.forecast``) multiplies it by the steps a study will run."""
+    from tinysiglip.cache import open_cache
+
+    config = resolve_config(config)
+    threads = torch.get_num_threads()
+    try:
+        device, use_bf16 = _set_up_device(config["train"])
+        train_cache = open_cache(config["data"]["train_cache"])
+        model = _build_student(config, train_cache, device)
+        optimizer, scheduler = _build_optimiser(model, config["optim"], warmup + steps)
+        run = TrainingRun(
+            config=config,
+            run_dir=Path("."),
+            device=device,
+            use_bf16=use_bf16,
+            train_cache=train_cache,
+            model=model,
+            criterion=_build_criterion(config["loss"]),
+            normalise=_normaliser(train_cache, device),
+            pairs=None,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            total_steps=warmup + steps,
+            started=time.time(),
+        )
+        batch = _random_batch(
+            train_cache, int(config["optim"]["batch_size"]), seed=int(config["train"]["seed"])
+        )
+        model.train()
+        for i in range(warmup + steps):
+            if i == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+            terms = _loss_terms(run, batch)
+            _optimiser_step(run, sum(value for key, value in terms.items() if key.endswith("_loss")))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / steps
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _random_batch(cache, batch_size: int, *, seed: int) -> dict[str, torch.Tensor]:
+    """A batch shaped like the training cache's (pixels, token ids it holds, unit teacher embeddings)."""
+    generator = torch.Generator().manual_seed(seed)
+    token_ids = torch.as_tensor(np.asarray(cache.token_ids_present, dtype=np.int64))
+    picks = torch.randint(len(token_ids), (batch_size, int(cache.meta["max_length"])), generator=generator)
+    embeds = torch.nn.functional.normalize(
+        torch.randn(2, batch_size, cache.embed_dim, generator=generator), dim=-1
+    )
+    return {
+        "pixels": torch.randint(
+            0,
+            256,
+            (batch_size, 3, cache.image_size, cache.image_size),
+            dtype=torch.uint8,
+            generator=generator,
+        ),
+        "input_ids": token_ids[picks],
+        "teacher_image_embed": embeds[0],
+        "teacher_text_embed": embeds[1],
+        "image_index": torch.arange(batch_size),
+    }

@@ -242,6 +242,7 @@ class StudyData:
     best_distilled: CellData | None = None
     scaling: list[CellData] = field(default_factory=list)
     architecture: list[CellData] = field(default_factory=list)
+    forecast: Any = None  # the latest tsl_forecasts record (ForecastRecord), if one was made
 
     def cell(self, name: str) -> CellData:
         for c in self.cells:
@@ -301,6 +302,7 @@ def study_report_data(storage: StorageLike, study_name: str) -> StudyData:
         runs = load_runs(store, study_name)
         curves = load_curves(store, study_name)
         teachers = load_teachers(store, study_name)
+        forecast = store.latest_forecast(study_name)
         url = store.url
     settings = dict(record.settings or {}) if record else {}
     objective = settings.get("objective") or {}
@@ -331,6 +333,7 @@ def study_report_data(storage: StorageLike, study_name: str) -> StudyData:
         val_teachers=_teacher_rows(teachers, "val"),
         cost_total=total,
         use_gpu_hours=float(total.get("gpu_hours") or 0.0) > 0.0,
+        forecast=forecast,
     )
     _assign_roles(data)
     return data

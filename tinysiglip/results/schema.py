@@ -45,6 +45,12 @@ they never collide with Optuna's:
     t2i_r10), teacher_params (JSON, may be empty), created_at. Unique (study_name, cell, teacher_source,
     split).
 
+``tsl_forecasts``  what a study was forecast to cost before it ran (``--dry-run --forecast``)
+    id, study_name, created_at, device (where the steps were timed), hours_kind (``gpu`` | ``cpu``),
+    trial_epochs (search + final), device_hours, device_hours_pruned (NULL when no earlier study could be
+    replayed), wall_time_s, wall_time_pruned_s, concurrency, pruning (JSON: saved fraction and its
+    source), cells (JSON: per cell forecast). The latest row per study is the one the report compares.
+
 The store's read methods (:mod:`.store`) return plain frozen dataclasses (:class:`StudyRecord`,
 :class:`RunRecord`, :class:`EvaluationRecord`, :class:`TeacherMetricsRecord`); ``dataclasses.asdict``
 turns them into dicts. The DataFrames of :mod:`.frames` read the tables column by column, so a column
@@ -66,6 +72,8 @@ __all__ = [
     "TABLE_NAMES",
     "EvaluationRecord",
     "EvaluationRow",
+    "ForecastRecord",
+    "ForecastRow",
     "RunRecord",
     "RunRow",
     "StudyRecord",
@@ -179,6 +187,23 @@ class TeacherMetricsRow(Base):
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class ForecastRow(Base):
+    __tablename__ = "tsl_forecasts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_name: Mapped[str] = mapped_column(String(255), index=True, nullable=False)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    device: Mapped[str | None] = mapped_column(String(128))
+    hours_kind: Mapped[str | None] = mapped_column(String(8))
+    trial_epochs: Mapped[int | None] = mapped_column(Integer)
+    device_hours: Mapped[float | None] = mapped_column(Float)
+    device_hours_pruned: Mapped[float | None] = mapped_column(Float)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    wall_time_pruned_s: Mapped[float | None] = mapped_column(Float)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    pruning: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cells: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
 TABLE_NAMES = tuple(sorted(Base.metadata.tables))
 
 
@@ -274,6 +299,23 @@ class TeacherMetricsRecord:
     metrics: dict[str, Any]
     teacher_params: dict[str, Any]
     created_at: _dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ForecastRecord:
+    id: int
+    study_name: str
+    created_at: _dt.datetime | None
+    device: str | None
+    hours_kind: str | None
+    trial_epochs: int | None
+    device_hours: float | None
+    device_hours_pruned: float | None
+    wall_time_s: float | None
+    wall_time_pruned_s: float | None
+    concurrency: int | None
+    pruning: dict[str, Any] | None
+    cells: dict[str, Any] | None
 
 
 def _to_record(cls, row):

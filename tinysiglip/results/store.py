@@ -26,6 +26,8 @@ from tinysiglip.results.schema import (
     Base,
     EvaluationRecord,
     EvaluationRow,
+    ForecastRecord,
+    ForecastRow,
     RunRecord,
     RunRow,
     StudyRecord,
@@ -497,6 +499,29 @@ class StudyStore:
                 s.execute(delete(EvaluationRow).where(EvaluationRow.run_id.in_(ids)))
                 s.execute(delete(RunRow).where(RunRow.id.in_(ids)))
             return len(ids)
+
+    # -------------------------------------------------------------------------------- forecasts
+    def record_forecast(self, study_name: str, **fields: Any) -> ForecastRecord:
+        """Store a cost forecast of ``study_name`` (the fields of ``tsl_forecasts``)."""
+        with self.session() as s, s.begin():
+            row = ForecastRow(study_name=study_name, created_at=_now(), **_jsonable(fields))
+            s.add(row)
+            s.flush()
+            return _to_record(ForecastRecord, row)
+
+    def latest_forecast(self, study_name: str) -> ForecastRecord | None:
+        """The newest forecast of ``study_name``; None when there is none (or the database predates
+        forecasts and was opened read-only)."""
+        if not inspect(self.engine).has_table(ForecastRow.__tablename__):
+            return None
+        with self.session() as s:
+            row = s.scalar(
+                select(ForecastRow)
+                .where(ForecastRow.study_name == study_name)
+                .order_by(ForecastRow.id.desc())
+                .limit(1)
+            )
+            return None if row is None else _to_record(ForecastRecord, row)
 
 
 def _add_missing_columns(engine: Engine) -> list[str]:

@@ -526,8 +526,88 @@ def _cost_row(cost: dict) -> dict[str, Any]:
     return out
 
 
+def table_forecast(data: StudyData) -> Table | None:
+    """The cost forecast made before the sweep (``--dry-run --forecast``) next to what the sweep used."""
+    fc = data.forecast
+    if fc is None:
+        return None
+    gpu = fc.hours_kind == "gpu"
+    unit = "GPU-h" if gpu else "CPU-h"
+    pruned_known = fc.device_hours_pruned is not None
+    cols = [
+        ("cell", "Cell"),
+        ("epochs_forecast", "Trial-epochs forecast"),
+        ("epochs_actual", "Trial-epochs done"),
+        ("hours_forecast", f"{unit} forecast" + (" (with pruning)" if pruned_known else "")),
+        ("hours_actual", f"{unit} used"),
+        ("ratio", "Used / forecast"),
+    ]
+    column = "gpu_hours" if gpu else "cpu_hours"
+    runs = data.runs
+    rows, ids = [], []
+    forecast_cells = fc.cells or {}
+    for c in data.cells:
+        cell_runs = runs[runs["cell"] == c.name]
+        planned = forecast_cells.get(c.name) or {}
+        rows.append(
+            _forecast_row(
+                c.name,
+                planned.get("trial_epochs"),
+                int(cell_runs["epochs_done"].fillna(0).sum()),
+                planned.get("device_hours_pruned" if pruned_known else "device_hours"),
+                float(cell_runs[column].fillna(0).sum()),
+            )
+        )
+        ids += c.run_ids
+    rows.append(
+        _forecast_row(
+            "Total (study)",
+            fc.trial_epochs,
+            int(runs["epochs_done"].fillna(0).sum()),
+            fc.device_hours_pruned if pruned_known else fc.device_hours,
+            float(runs[column].fillna(0).sum()),
+        )
+    )
+    wall = (runs["finished_at"].max() - runs["started_at"].min()).total_seconds() if len(runs) else None
+    planned_wall = fc.wall_time_pruned_s if pruned_known else fc.wall_time_s
+    rows.append(
+        {
+            "cell": "Wall time (h)",
+            "hours_forecast": None if planned_wall is None else round(planned_wall / 3600, 4),
+            "hours_actual": None if wall is None or wall != wall else round(wall / 3600, 4),
+            "ratio": None
+            if not planned_wall or wall is None or wall != wall
+            else round(wall / planned_wall, 2),
+        }
+    )
+    made = fc.created_at.strftime("%Y-%m-%d %H:%M UTC") if fc.created_at else "?"
+    notes = [
+        f"Forecast made {made} on {fc.device} for {fc.concurrency} run(s) at once. Forecast trial-epochs "
+        "count every trial to its budget; done counts the epochs run (pruned trials stop early).",
+        "Expected pruning: " + str((fc.pruning or {}).get("source") or "none") + ".",
+        "Step times: "
+        + "; ".join(sorted({f"{k}: {v.get('step_source')}" for k, v in forecast_cells.items()}))
+        + ". Wall time used = first start to last finish of the study's runs.",
+    ]
+    return Table("table_forecast", "Cost: forecast before the sweep vs used", cols, rows, notes, ids)
+
+
+def _forecast_row(
+    cell: str, epochs_forecast, epochs_actual: int, hours_forecast, hours_actual: float
+) -> dict:
+    return {
+        "cell": cell,
+        "epochs_forecast": epochs_forecast,
+        "epochs_actual": epochs_actual,
+        "hours_forecast": None if hours_forecast is None else round(float(hours_forecast), 4),
+        "hours_actual": round(hours_actual, 4),
+        "ratio": round(hours_actual / hours_forecast, 2) if hours_forecast else None,
+    }
+
+
 def build_tables(data: StudyData) -> list[Table]:
     """The tables that apply to this study, in report order (per-cell + cost always)."""
     tables = [t for t in (table1(data), table2(data), table_scaling(data), table_architecture(data)) if t]
     tables += [table_cells(data), table_best_params(data), table_cost(data)]
+    tables += [t for t in (table_forecast(data),) if t]
     return tables

@@ -1,5 +1,5 @@
 """``python -m tinysiglip.sweep STUDY.yaml [--local] [--resume] [--storage URL] [--max-concurrent N]
-[--dry-run] [--dashboard]`` (+ small-budget overrides: ``--trials-per-cell N --epochs N --seeds 0,1``)."""
+[--dry-run [--forecast]] [--dashboard]`` (+ small-budget overrides: ``--trials-per-cell N --epochs N --seeds 0,1``)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="print the expanded grid, trial counts, final runs and resources; run nothing",
+    )
+    p.add_argument(
+        "--forecast",
+        action="store_true",
+        help="time the study's optimiser steps here (or read earlier runs' from the database) and print, per "
+        "cell and in total, trial-epochs, device-hours with and without the expected pruning and wall time; "
+        "stored in the study database (with --dry-run: nothing else runs)",
+    )
+    p.add_argument(
+        "--num-gpus", type=int, metavar="N", help="GPUs for --forecast's wall time (default: all here)"
     )
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs a private Ray may use (default: all)")
@@ -97,11 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             artifacts=args.artifacts,
         )
-        if args.dry_run:
+        if args.dry_run or args.forecast:
             apply_overrides(study, options)
+        if args.dry_run:
             print(study.describe())
             print(plan_text(study))
             print(resource_check_text(study, options))
+        if args.forecast:
+            from tinysiglip.sweep.forecast import run_forecast
+
+            run_forecast(study, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        if args.dry_run:
             return 0
         summary = run_sweep(
             study,

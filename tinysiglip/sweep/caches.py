@@ -32,6 +32,18 @@ def _folder_name(source: str, revision: str | None) -> str:
     return f"{name}@{revision}" if revision else name
 
 
+def planned_cache_path(spec, *, local: bool, cache_dir: str | Path | None = None) -> Path:
+    """Where the sweep keeps (or would build) this cache; nothing is built, trained or opened."""
+    if local:
+        from tinysiglip.local_world import local_world
+
+        world = local_world(progress=False)
+        return world.base / "caches" / spec.teacher_spec.effective_source / f"{spec.split}.h5"
+    root = Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
+    teacher = spec.teacher_spec
+    return root / _folder_name(teacher.source, teacher.revision) / spec.dataset / f"{spec.split}.h5"
+
+
 def load_split(dataset_spec, split: str):
     """A study dataset's split through the real loaders (Karpathy split file or COCO captions files)."""
     from tinysiglip.data import load_coco_captions, load_karpathy_split
@@ -147,7 +159,7 @@ def ensure_study_caches(
         teacher = spec.teacher_spec
         if spec.teacher not in expected:
             expected[spec.teacher] = expected_identity(teacher.source, teacher.revision, echo=echo)
-        out = root / _folder_name(teacher.source, teacher.revision) / spec.dataset / f"{spec.split}.h5"
+        out = planned_cache_path(spec, local=False, cache_dir=root)
         echo(f"[caches] {spec.key}: {out}", flush=True)
         dataset = load_split(spec.dataset_spec, spec.split)
         if out.exists():  # a complete cache of this teacher and data is reused without loading the teacher
