@@ -116,7 +116,13 @@ def test_forecast_uses_earlier_runs_and_their_replayed_pruning(study):
 
     caches = {s.split: planned_cache_path(s, local=False) for s in study.caches_needed()}
     search_config, _ = _cell_configs(study, study.cells[0], caches)
-    record_earlier_study(study.storage_url, search_config, seconds_per_step=0.5)
+    # runs record the config as the sweep gave it (partial): it must still match the resolved one
+    given = {
+        "student": {"name": "test_tiny"},
+        "optim": {"batch_size": 32},
+        "data": dict(search_config["data"]),
+    }
+    record_earlier_study(study.storage_url, given, seconds_per_step=0.5)
     fc = forecast_study(study, num_cpus=1, num_gpus=0, echo=lambda *a, **k: None)
     one, two = fc.cells
     assert one.step_seconds == pytest.approx(0.5) and one.step_source == "database: median of 4 run(s)"

@@ -584,8 +584,8 @@ def _export_student(model, run_dir: Path, config: dict[str, Any], train_cache) -
 # step timing (the cost forecast)
 
 
-def measure_step_seconds(config: Mapping[str, Any], *, steps: int = 5, warmup: int = 2) -> float:
-    """Seconds per optimiser step of ``config`` on its device: the real student, loss, optimiser and
+def measure_step_seconds(config: Mapping[str, Any], *, steps: int = 5, warmup: int = 2) -> tuple[float, str]:
+    """(seconds per optimiser step, device) of ``config`` on its device: the real student, loss, optimiser and
     step on random batches of the training cache's shapes (no data loading, no evaluation). The cost
     forecast (``tinysiglip.sweep.forecast``) multiplies it by the steps a study will run."""
     from tinysiglip.cache import open_cache
@@ -625,7 +625,7 @@ def measure_step_seconds(config: Mapping[str, Any], *, steps: int = 5, warmup: i
             _optimiser_step(run, sum(value for key, value in terms.items() if key.endswith("_loss")))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return (time.perf_counter() - started) / steps
+        return (time.perf_counter() - started) / steps, str(device)
     finally:
         torch.set_num_threads(threads)
 

@@ -355,6 +355,8 @@ def replay_pruner(
     cells: dict[str, list[RecordedTrial]] = {}
     for t in trials:
         cells.setdefault(t.cell, []).append(t)
+    if settings.get("type") == "hyperband" and settings.get("max_resource") is None:
+        settings = {**settings, "max_resource": max_epochs}  # what the sweep gives it: the epoch budget
     results, orders = [], {}
     for cell, group in cells.items():
         replay, orders[cell] = _replay_cell(

@@ -152,12 +152,14 @@ def _recorded_step_times(storage_url: str) -> dict[str, list[float]]:
         runs = load_runs(store)
     finally:
         store.close()
+    from tinysiglip.config.training import resolve_config
+
     out: dict[str, list[float]] = {}
     done = runs[(runs["state"] == "complete") & (runs["steps"].fillna(0) > 0) & (runs["wall_time_s"] > 0)]
     for row in done.itertuples(index=False):
-        try:
-            key = _combination(row.config)
-        except (KeyError, TypeError):
+        try:  # runs record the config as given: resolved, it compares with the study's resolved configs
+            key = _combination(resolve_config(row.config or {}))
+        except (TinySigLIPError, KeyError, TypeError):
             continue
         out.setdefault(key, []).append(float(row.wall_time_s) / float(row.steps))
     return out
@@ -240,8 +242,7 @@ def forecast_study(
                 times = recorded[key]
                 timed[key] = StepTime(statistics.median(times), f"database: median of {len(times)} run(s)")
             else:
-                seconds = measure_step_seconds(search_cfg, steps=measure_steps)
-                device = str(search_cfg["train"]["device"])
+                seconds, device = measure_step_seconds(search_cfg, steps=measure_steps)
                 timed[key] = StepTime(seconds, f"measured here ({measure_steps} steps)")
             echo(f"  [{cell.name}] {timed[key].seconds:.4f} s/step ({timed[key].source})", flush=True)
         batch = int(search_cfg["optim"]["batch_size"])
@@ -270,6 +271,12 @@ def forecast_study(
     if problems:
         raise TinySigLIPError("cannot forecast the cost of this study:\n" + "\n".join(problems))
     saved, source = _earlier_pruning(study.storage_url, dict(study.pruner))
+    notes = [f"resources: {cpus} CPU(s), {gpus} GPU(s) -> {slots} run(s) at once"]
+    if gpus_per_trial and device == "cpu" and any(c.step_source.startswith("measured") for c in cells):
+        notes.append(
+            "WARNING: this study trains on GPUs but its steps were timed on this machine's CPU: run the "
+            "forecast on a GPU machine (or with --storage holding earlier GPU runs)"
+        )
     return StudyForecast(
         study=study.name,
         device=device if not gpus_per_trial else f"{device} (GPU fraction {gpus_per_trial:g})",
@@ -279,7 +286,7 @@ def forecast_study(
         cells=cells,
         saved_fraction=saved,
         pruning_source=source,
-        notes=[f"resources: {cpus} CPU(s), {gpus} GPU(s) -> {slots} run(s) at once"],
+        notes=notes,
     )
 
 
