@@ -142,7 +142,7 @@ def test_prune_replay_command_prints_every_pruner(tmp_path, capsys):
     out = capsys.readouterr().out
     for label in ("none", "median", "percentile", "successive_halving", "hyperband"):
         assert f"\n{label} " in out
-    assert "pruner replay of toy: 3 complete trial(s) in 1 cell(s), 12 trial-epochs recorded" in out
+    assert "pruner replay of toy: 3 complete trial(s) in 1 cell(s), 12 trial-epochs with no pruning" in out
     assert main(["prune-replay", "--storage", url, "--study", "nope"]) == 2
 
 
@@ -167,3 +167,20 @@ def test_dashboard_page_data_and_figures(tmp_path):
     assert [title for title, _ in figures] == ["Pruner replay", "Pruner replay per cell"]
     assert list(figures[0][1].data[0].y) == [p["epochs_used"] for p in d["pruners"]]
     assert len(figures[1][1].data) == len(d["pruners"])
+
+
+def test_with_pruned_trials_a_pruner_that_lets_one_run_on_pays_its_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    write_study(url, {0: [1.0, 2.0], 1: [0.5], 2: [3.0, 4.0], 3: [0.1]}, states={1: "pruned", 3: "failed"})
+    quick = {**MEDIAN, "n_startup_trials": 1, "n_warmup_steps": 0}
+    result = replay_study(url, "toy", {"none": NONE, "median": quick}, include_pruned=True)
+    assert result.left_out == {"failed": 1}
+    none, median = result.pruner("none"), result.pruner("median")
+    # no pruning: trial 1 runs its whole 4-epoch budget; its outcome is unknown, so trial 2 stays the best
+    assert none.epochs_recorded == 2 + 4 + 2 and none.epochs_used == 8 and none.trials_ran_on == 1
+    assert none.cells[0].ran_on == (1,) and none.cells[0].best_trial == 2 and none.cells[0].best_survives
+    # the median of trial 0 at epoch 1 is 1.0: trial 1 (0.5) is stopped there, as the study did
+    assert median.cells[0].pruned == (1,) and median.epochs_used == 2 + 1 + 2 and median.epochs_saved == 3
+    assert median.trials_ran_on == 0
+    text = replay_text(result)
+    assert "complete and pruned trial(s)" in text and "ran on" in text

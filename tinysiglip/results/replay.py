@@ -11,10 +11,13 @@ pruner saw them; a cell with an evaluation lacking a timestamp is replayed trial
 order. The in-memory study carries the cell's Optuna study name, so Hyperband assigns the same
 brackets as it would have in the sweep.
 
-Per pruner: trial-epochs used and saved (against running every complete trial to its last recorded
-epoch), and per cell whether the recorded best trial survives, else the regret (how much worse the best
-surviving trial's objective is). What a replay cannot know: pruned and failed trials' curves stop early
-(they are left out and counted), and pruning changes which parameters the sampler proposes next.
+Per pruner: trial-epochs used and saved (against running every trial to its last recorded epoch), and
+per cell whether the recorded best trial survives, else the regret (how much worse the best surviving
+trial's objective is). What a replay cannot know: pruned and failed trials' curves stop early, so by
+default they are left out (and counted); with ``--with-pruned`` pruned trials are replayed as far as
+they were recorded, and a pruner that would have let one run on is charged its whole epoch budget while
+its outcome stays unknown (it never counts as a cell's best). Nor can it know that pruning changes which
+parameters the sampler proposes next.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class ReplayError(TinySigLIPError):
 
 @dataclass(frozen=True)
 class RecordedTrial:
-    """One complete search trial's learning curve, as the study database recorded it."""
+    """One search trial's learning curve, as the study database recorded it."""
 
     cell: str
     trial: int  # the cell's Optuna trial number
@@ -65,10 +68,14 @@ class RecordedTrial:
     values: tuple[float, ...]  # the objective at each of those epochs
     times: tuple[float | None, ...] = ()  # when each evaluation was recorded (POSIX seconds)
     started: float | None = None  # when the trial started (POSIX seconds)
+    complete: bool = True  # False: pruned in the study, its curve stops early
+    budget: int | None = None  # the trial's epoch budget
 
     @property
     def epochs_recorded(self) -> int:
-        return int(self.epochs[-1]) if self.epochs else 0
+        """Trial-epochs it takes with no pruning: a pruned trial would have run its whole budget."""
+        last = int(self.epochs[-1]) if self.epochs else 0
+        return last if self.complete else max(last, int(self.budget or 0))
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class CellReplay:
     best_value: float | None
     survivor_trial: int | None  # the best trial this pruner let finish
     survivor_value: float | None
+    ran_on: tuple[int, ...] = ()  # pruned-in-the-study trials this pruner would not have stopped
 
     @property
     def epochs_saved(self) -> int:
@@ -129,6 +137,10 @@ class PrunerReplay:
     def best_survived(self) -> int:
         return sum(c.best_survives for c in self.cells)
 
+    @property
+    def trials_ran_on(self) -> int:
+        return sum(len(c.ran_on) for c in self.cells)
+
 
 @dataclass
 class ReplayResult:
@@ -139,6 +151,7 @@ class ReplayResult:
     pruners: list[PrunerReplay]
     left_out: dict[str, int] = field(default_factory=dict)  # trial state -> how many were not replayed
     order: dict[str, str] = field(default_factory=dict)  # cell -> "recorded" | "trial start"
+    include_pruned: bool = False
 
     def pruner(self, label: str) -> PrunerReplay:
         for p in self.pruners:
@@ -159,14 +172,18 @@ def _seconds(value: Any) -> float | None:
         return None
 
 
-def recorded_trials(runs, curves) -> tuple[list[RecordedTrial], dict[str, int]]:
-    """Complete search trials with their learning curves, from :func:`~.frames.load_runs` and
-    :func:`~.frames.load_curves` frames of one study; and how many trials were left out, by state."""
+def recorded_trials(
+    runs, curves, *, include_pruned: bool = False
+) -> tuple[list[RecordedTrial], dict[str, int]]:
+    """Complete (and with ``include_pruned`` pruned) search trials with their learning curves, from
+    :func:`~.frames.load_runs` and :func:`~.frames.load_curves` frames of one study; and how many trials
+    were left out, by state."""
     trials = runs[runs["kind"] == "trial"]
+    replayed = ("complete", "pruned") if include_pruned else ("complete",)
     left_out = {
-        str(k): int(v) for k, v in trials[trials["state"] != "complete"]["state"].value_counts().items()
+        str(k): int(v) for k, v in trials[~trials["state"].isin(replayed)]["state"].value_counts().items()
     }
-    complete = trials[trials["state"] == "complete"]
+    complete = trials[trials["state"].isin(replayed)]
     by_run = {int(rid): group for rid, group in curves.groupby("run_id")} if len(curves) else {}
     out: list[RecordedTrial] = []
     for row in complete.itertuples(index=False):
@@ -174,7 +191,8 @@ def recorded_trials(runs, curves) -> tuple[list[RecordedTrial], dict[str, int]]:
         values = None if group is None else group.dropna(subset=["objective"]).sort_values(["epoch", "step"])
         objective = row.objective
         if values is None or not len(values) or objective is None or not math.isfinite(float(objective)):
-            left_out["complete without curve"] = left_out.get("complete without curve", 0) + 1
+            key = f"{row.state} without curve"
+            left_out[key] = left_out.get(key, 0) + 1
             continue
         out.append(
             RecordedTrial(
@@ -186,9 +204,18 @@ def recorded_trials(runs, curves) -> tuple[list[RecordedTrial], dict[str, int]]:
                 values=tuple(float(v) for v in values["objective"]),
                 times=tuple(_seconds(t) for t in values["created_at"]) if "created_at" in values else (),
                 started=_seconds(row.started_at),
+                complete=row.state == "complete",
+                budget=_whole(row.epochs_budget),
             )
         )
     return out, left_out
+
+
+def _whole(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):  # None, pd.NA
+        return None
 
 
 # ------------------------------------------------------------------------------------------ pruners
@@ -305,6 +332,7 @@ def _replay_cell(
     live: dict[int, optuna.trial.Trial] = {}
     used: dict[int, int] = {}
     pruned: list[int] = []
+    ran_on: list[int] = []
     for recorded, index in events:
         if recorded.trial in pruned:
             continue
@@ -317,10 +345,14 @@ def _replay_cell(
         if trial.should_prune():
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             pruned.append(recorded.trial)
-        elif index == len(recorded.epochs) - 1:
+        elif index == len(recorded.epochs) - 1 and recorded.complete:
             study.tell(trial, recorded.objective)
-    best = _best(trials, direction)
-    survivor = _best([t for t in trials if t.trial not in pruned], direction)
+        elif index == len(recorded.epochs) - 1:  # would have run on: its later values are unknown
+            used[recorded.trial] = recorded.epochs_recorded  # charged its whole budget; left RUNNING
+            ran_on.append(recorded.trial)
+    complete = [t for t in trials if t.complete]
+    best = _best(complete, direction)
+    survivor = _best([t for t in complete if t.trial not in pruned], direction)
     replay = CellReplay(
         cell=trials[0].cell if trials else "",
         trials=len(trials),
@@ -331,6 +363,7 @@ def _replay_cell(
         best_value=best.objective if best else None,
         survivor_trial=survivor.trial if survivor else None,
         survivor_value=survivor.objective if survivor else None,
+        ran_on=tuple(sorted(ran_on)),
     )
     return replay, order
 
@@ -375,14 +408,17 @@ def replay_frames(
     metric: str = "",
     study_pruner: Mapping[str, Any] | None = None,
     pruners: Mapping[str, Mapping[str, Any]] | None = None,
+    include_pruned: bool = False,
 ) -> ReplayResult:
     """Replay one study's frames (:func:`~.frames.load_runs`, :func:`~.frames.load_curves`) through
     ``pruners`` (label -> settings; default :func:`default_pruner_settings`)."""
-    trials, left_out = recorded_trials(runs, curves)
+    trials, left_out = recorded_trials(runs, curves, include_pruned=include_pruned)
     budgets = runs.loc[runs["kind"] == "trial", "epochs_budget"].dropna()
     max_epochs = int(budgets.max()) if len(budgets) else None
     pruners = pruners if pruners is not None else default_pruner_settings(study_pruner)
-    result = ReplayResult(study, direction, metric, dict(study_pruner or {}), [], left_out)
+    result = ReplayResult(
+        study, direction, metric, dict(study_pruner or {}), [], left_out, include_pruned=include_pruned
+    )
     for label, settings in pruners.items():
         replay, result.order = replay_pruner(
             trials, settings, direction=direction, study=study, label=label, max_epochs=max_epochs
@@ -391,7 +427,13 @@ def replay_frames(
     return result
 
 
-def replay_study(storage, study: str, pruners: Mapping[str, Mapping[str, Any]] | None = None) -> ReplayResult:
+def replay_study(
+    storage,
+    study: str,
+    pruners: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    include_pruned: bool = False,
+) -> ReplayResult:
     """Replay a recorded study from its database (URL, SQLite path or open store)."""
     from tinysiglip.results.frames import load_curves, load_runs, reading
 
@@ -410,6 +452,7 @@ def replay_study(storage, study: str, pruners: Mapping[str, Mapping[str, Any]] |
         metric=str(objective.get("metric") or ""),
         study_pruner=(record.settings or {}).get("pruner"),
         pruners=pruners,
+        include_pruned=include_pruned,
     )
 
 
@@ -426,36 +469,47 @@ def replay_text(result: ReplayResult) -> str:
     n_cells = len(result.pruners[0].cells) if result.pruners else 0
     n_trials = sum(c.trials for c in result.pruners[0].cells) if result.pruners else 0
     lines = [
-        f"pruner replay of {result.study}: {n_trials} complete trial(s) in {n_cells} cell(s), "
-        f"{reference} trial-epochs recorded; objective {result.metric or '?'} ({result.direction})",
+        f"pruner replay of {result.study}: {n_trials} {'complete and pruned' if result.include_pruned else 'complete'} "
+        f"trial(s) in {n_cells} cell(s), {reference} trial-epochs with no pruning; objective "
+        f"{result.metric or '?'} ({result.direction})",
         f"study's pruner: {result.study_pruner.get('type', '?')} ({_settings_text(result.study_pruner)})",
     ]
     if result.left_out:
         lines.append(
             "not replayed (their curves stop early, so their later values are unknown): "
             + ", ".join(f"{n} {state}" for state, n in result.left_out.items())
+            + ("" if result.include_pruned else "; --with-pruned replays pruned ones as far as recorded")
+        )
+    if result.include_pruned:
+        lines.append(
+            "pruned trials are replayed as far as recorded; a pruner that lets one run on is charged its whole "
+            "budget ('ran on'), and its outcome is unknown (never a cell's best)"
         )
     if not any(p.settings.get("type") == "wilcoxon" for p in result.pruners) and not wilcoxon_available():
         lines.append("wilcoxon: not replayed (Optuna's WilcoxonPruner needs scipy, which is not installed)")
     orders = sorted(set(result.order.values()))
+    width = max([28, *(len(p.label) for p in result.pruners)])
     lines.append(f"evaluation order: {' / '.join(orders) or '-'}")
     lines += [
         "",
-        f"{'pruner':<28} {'epochs used':>11} {'saved':>6} {'saved %':>7} {'pruned':>6} {'best kept':>9} {'max regret':>10}",
+        f"{'pruner':<{width}} {'epochs used':>11} {'saved':>6} {'saved %':>7} {'pruned':>6} {'best kept':>9} {'max regret':>10}"
+        + (f" {'ran on':>6}" if result.include_pruned else ""),
     ]
     for p in result.pruners:
         regrets = [r for r in (c.regret(result.direction) for c in p.cells) if r is not None]
         worst = max(regrets, default=0.0)
         lines.append(
-            f"{p.label:<28} {p.epochs_used:>11} {p.epochs_saved:>6} {100 * p.saved_fraction:>6.1f}% "
+            f"{p.label:<{width}} {p.epochs_used:>11} {p.epochs_saved:>6} {100 * p.saved_fraction:>6.1f}% "
             f"{p.trials_pruned:>6} {p.best_survived:>4}/{len(p.cells):<4} {worst:>10.4g}"
+            + (f" {p.trials_ran_on:>6}" if result.include_pruned else "")
         )
     if result.pruners:
         lines += [
             "",
-            "per cell: trial-epochs used/recorded, then 'kept' when the cell's best trial survives, "
+            "per cell: trial-epochs used/with no pruning, then 'kept' when the cell's best trial survives, "
             "else the regret (recorded best − best surviving)",
-            f"{'cell':<12} {'trials':>6}  " + " ".join(f"{p.label:>20}" for p in result.pruners),
+            f"{'cell':<12} {'trials':>6}  "
+            + " ".join(f"{p.label:>{max(20, len(p.label))}}" for p in result.pruners),
         ]
         for i, cell in enumerate(result.pruners[0].cells):
             entries = []
@@ -463,7 +517,7 @@ def replay_text(result: ReplayResult) -> str:
                 c = p.cells[i]
                 regret = c.regret(result.direction)
                 outcome = "kept" if c.best_survives else f"-{regret:.3g}" if regret is not None else "lost"
-                entries.append(f"{f'{c.epochs_used}/{c.epochs_recorded} {outcome}':>20}")
+                entries.append(f"{f'{c.epochs_used}/{c.epochs_recorded} {outcome}':>{max(20, len(p.label))}}")
             lines.append(f"{cell.cell:<12} {cell.trials:>6}  " + " ".join(entries))
         lines.append(
             "settings: " + "; ".join(f"{p.label} [{_settings_text(p.settings)}]" for p in result.pruners)
@@ -495,6 +549,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="TYPE[:KEY=VALUE,...]",
         help="replay this pruner instead of the default set (repeatable), e.g. median:n_warmup_steps=1",
     )
+    parser.add_argument(
+        "--with-pruned",
+        action="store_true",
+        help="also replay the study's pruned trials as far as they were recorded (a pruner that lets one run "
+        "on is charged its whole epoch budget; its outcome stays unknown)",
+    )
     parser.set_defaults(func=_run_replay)
 
 
@@ -508,7 +568,10 @@ def _run_replay(args: argparse.Namespace) -> int:
     _, store, names = opened
     try:
         for i, name in enumerate(names):
-            print(("\n" if i else "") + replay_text(replay_study(store, name, pruners)))
+            print(
+                ("\n" if i else "")
+                + replay_text(replay_study(store, name, pruners, include_pruned=args.with_pruned))
+            )
     finally:
         store.close()
     return 0
