@@ -162,7 +162,7 @@ def test_dashboard_page_data_and_figures(tmp_path):
     assert by_label["none"]["epochs_used"] == 12 and by_label["none"]["epochs_saved"] == 0
     # the study's own median (2 start-up trials, 2 warm-up epochs) stops trial 2 at epoch 2
     assert by_label["median"]["cells"][0]["pruned"] == [2] and by_label["median"]["epochs_saved"] == 2
-    assert "'pruned': 1" in d["note"]
+    assert "Not replayed (their curves stop early): 1 pruned." in d["note"]
     figures = draw_pruner_replay(d)
     assert [title for title, _ in figures] == ["Pruner replay", "Pruner replay per cell"]
     assert list(figures[0][1].data[0].y) == [p["epochs_used"] for p in d["pruners"]]

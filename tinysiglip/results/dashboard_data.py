@@ -305,7 +305,13 @@ def pruner_replay(data: StudyData) -> dict:
         "note": (
             "Complete search trials replayed in recorded order through fresh Optuna pruners "
             "(`tinysiglip prune-replay` prints the same). "
-            + (f"Not replayed (curves stop early): {result.left_out}. " if result.left_out else "")
+            + (
+                "Not replayed (their curves stop early): "
+                + ", ".join(f"{n} {state}" for state, n in result.left_out.items())
+                + ". "
+                if result.left_out
+                else ""
+            )
             + "Pruning would also have changed what the sampler proposed next; a replay cannot show that."
         )
         if has_trials
