@@ -245,3 +245,45 @@ def test_old_database_gains_the_location_columns_and_keeps_its_rows(tmp_path):
     from tinysiglip.results.frames import load_runs
 
     assert {"node_host", "student_path", "checkpoint_path"} <= set(load_runs(store, "s").columns)
+
+
+def test_artifacts_location_takes_a_uri_as_is_and_a_path_absolute(tmp_path, monkeypatch):
+    from tinysiglip.sweep.runner import artifacts_location
+
+    assert artifacts_location("s3://bucket/tsl", tmp_path) == "s3://bucket/tsl"
+    assert artifacts_location(None, tmp_path) == str(tmp_path / "ray") and (tmp_path / "ray").is_dir()
+    monkeypatch.chdir(tmp_path)
+    assert artifacts_location("shared/ray", tmp_path / "run") == str(tmp_path / "shared" / "ray")
+
+
+def test_storage_uri_names_the_filesystem():
+    from types import SimpleNamespace
+
+    from tinysiglip.sweep.state import _storage_uri
+
+    def trial(kind):
+        return SimpleNamespace(storage=SimpleNamespace(storage_filesystem=SimpleNamespace(type_name=kind)))
+
+    assert _storage_uri(trial("local"), "/shared/ray/t1") == "/shared/ray/t1"
+    assert (
+        _storage_uri(trial("s3"), "bucket/tsl/t1/checkpoint_000002") == "s3://bucket/tsl/t1/checkpoint_000002"
+    )
+    assert _storage_uri(trial("s3"), None) is None
+
+
+def test_failed_runs_are_named_with_node_and_last_error_line(tmp_path):
+    from tinysiglip.sweep.summary import failed_run_lines
+
+    store = open_store(tmp_path / "s.db")
+    ok = store.start_run(
+        study_name="s", cell="c", kind="trial", optuna_study_name="s/c", optuna_trial_number=0
+    )
+    bad = store.start_run(study_name="s", cell="c", kind="final", optuna_study_name="s/c", seed=1)
+    store.finish_run(ok.id, "complete", objective=1.0)
+    store.set_run_location(bad.id, node_host="worker7")
+    store.finish_run(bad.id, "failed", error="Traceback ...\nCacheNotReadable: node worker7 cannot read x.h5")
+    keys, lines = failed_run_lines(store, "s")
+    assert keys == ["final:s/c@seed1"]
+    assert lines == [
+        "  FAILED final:s/c@seed1 after 1 attempt(s) on worker7: CacheNotReadable: node worker7 cannot read x.h5"
+    ]

@@ -60,11 +60,6 @@ def run_sweep(
 ) -> SweepSummary:
     """Run (or with ``options.resume`` finish) a study. ``ensure_caches(study) -> {(teacher, dataset,
     split): path}`` and ``teacher_metrics(path) -> (metrics, params)`` default to the real ones."""
-    import optuna
-    import ray
-
-    from tinysiglip.sweep.runner import TuneRunner, start_ray
-
     options = options or SweepOptions()
     echo = options.echo
     t0 = time.time()
@@ -73,6 +68,12 @@ def run_sweep(
     check_reachable(target)
     if not target.attach:  # this machine's own capacity, before anything is written
         check_resources(study, gpus_available=gpus_available, cpus_available=options.num_cpus)
+
+    import optuna
+    import ray
+
+    from tinysiglip.sweep.runner import TuneRunner, start_ray
+
     run_dir = Path(study.run_dir).resolve()
     url = study.storage_url
 
