@@ -266,3 +266,9 @@ def test_shipped_study_local_smallest_budget(tmp_path, study_file, tiny_world_en
     finals = [r for r in runs if r.kind == "final"]
     assert finals and all(r.test_metrics and r.param_counts for r in finals)
     assert store.teacher_metrics()
+    # where each run ran and where its artifacts are (issue 9): the students went through Tune's storage
+    assert all(r.node_host and r.node_id and r.checkpoint_path for r in runs)
+    assert all(r.device == "cpu" for r in runs if r.status == "complete")
+    for r in finals:
+        assert Path(r.student_path).is_relative_to(run_dir / "ray"), r.student_path
+        assert (Path(r.student_path) / "model.safetensors").is_file()
