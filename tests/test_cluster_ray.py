@@ -263,15 +263,13 @@ def test_lost_node_trial_moves_and_resumes_from_its_tune_checkpoint(two_nodes, t
     before = [e for e in evals if e.epoch <= moved.epochs_done]  # done before the node was lost
     assert before and all(e.attempt == 1 for e in before), [(e.epoch, e.attempt) for e in evals]
     assert any(e.attempt == 2 for e in evals) or max(epochs) == moved.epochs_done  # the retry went on
-    # the checkpoints the run reported to Tune, in order: epochs never repeat, so the retry (whose node
-    # had no local checkpoint: it was deleted with the lost node) resumed from Tune's copy
-    reported = [
+    # its checkpoints in the artifacts location: the newest ones only (what a retry resumes from)
+    kept = [
         json.loads((c / "state.json").read_text())["epoch"]
-        for c in sorted(Path(after.checkpoint_path).glob("checkpoint_*"))
+        for c in Path(after.checkpoint_path).glob("checkpoint_*")
     ]
-    eval_ckpts = reported[:-1] if after.status == "complete" else reported  # the last: the final report's
-    assert eval_ckpts == sorted(set(eval_ckpts)) and eval_ckpts[0] == 1, reported
-    assert moved.epochs_done in eval_ckpts and after.status in ("complete", "pruned")
+    assert 1 <= len(kept) <= 2 and max(kept) == max(epochs), kept
+    assert after.status in ("complete", "pruned")
 
 
 LISTENERS = r"""

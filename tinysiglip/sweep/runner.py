@@ -21,7 +21,9 @@ from tinysiglip.sweep.searcher import CellSearcher
 from tinysiglip.sweep.state import SweepState
 from tinysiglip.sweep.trainable import tsl_trainable
 
-__all__ = ["TuneRunner", "start_ray", "worker_runtime_env"]
+__all__ = ["KEEP_CHECKPOINTS", "TuneRunner", "start_ray", "worker_runtime_env"]
+
+KEEP_CHECKPOINTS = 2  # per run in the artifacts location: every evaluation's copy would fill the storage
 
 
 def start_ray(study, options: SweepOptions, target: ClusterTarget | None = None) -> bool:
@@ -162,6 +164,8 @@ class TuneRunner:
                 storage_path=self.ray_dir,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=int(study.max_failures)),
+                # the newest training checkpoint (what a retry resumes from) and the final student
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 callbacks=[AttemptRecorder(self.state)],
             ),
         )
