@@ -22,7 +22,8 @@ they never collide with Optuna's:
     optuna_study_name, optuna_trial_number, optuna_trial_id (trials only; NULL for final runs),
     source_trial_number (final runs: the search trial whose params they re-run),
     config (JSON, the resolved training config), params (JSON, the sampled search-space values,
-    dotted names), seed, status (``running`` | ``complete`` | ``pruned`` | ``failed``), error (text of the
+    dotted names), seed, status (``running`` | ``complete`` | ``pruned`` | ``failed`` | ``superseded``: a
+    final run of a trial that is no longer the cell's best, kept under run key ``...@seed<s>~trial<n>``), error (text of the
     last failure), attempts (how many times it was started), retries (= attempts - 1), objective_metric,
     objective_direction, objective (last reported objective value; for a complete trial the value told to
     Optuna), epochs_budget, epochs_done, steps, val_metrics (JSON, last evaluation), test_metrics (JSON,
@@ -83,7 +84,7 @@ __all__ = [
     "run_key",
 ]
 
-RUN_STATUSES = ("running", "complete", "pruned", "failed")
+RUN_STATUSES = ("running", "complete", "pruned", "failed", "superseded")
 FINISHED_STATUSES = ("complete", "pruned")
 
 

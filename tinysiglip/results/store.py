@@ -376,6 +376,20 @@ class StudyStore:
                     setattr(run, name, str(value))
             run.updated_at = _now()
 
+    def supersede_run(self, run_id: int, note: str) -> RunRecord:
+        """Keep a final run whose source trial is no longer the best, out of the way of its redo: status
+        ``superseded`` and run key ``<key>~trial<source>`` (the normal key is free for the new run)."""
+        with self.session() as s, s.begin():
+            run = s.get(RunRow, run_id)
+            if run is None:
+                raise StoreError(f"no run with id {run_id}")
+            run.run_key = f"{run.run_key}~trial{run.source_trial_number}~id{run.id}"
+            run.status = "superseded"
+            run.error = note
+            run.updated_at = _now()
+            s.flush()
+            return _to_record(RunRecord, run)
+
     def get_run(self, run_id: int) -> RunRecord | None:
         with self.session() as s:
             row = s.get(RunRow, run_id)

@@ -136,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     except TinySigLIPError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun with --resume to finish the study", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # SweepInterrupted (SIGINT/SIGTERM) says what was left and how to finish
+        text = str(exc) or "interrupted"
+        if "--resume" not in text:
+            text += ": rerun with --resume to finish the study"
+        print(text, file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ checkpoint), finished trials and complete final runs are skipped.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ from tinysiglip.sweep.prepare import (
     teacher_reference_metrics,
 )
 from tinysiglip.sweep.state import SweepState
+from tinysiglip.sweep.stopping import StopSignals, SweepInterrupted
 from tinysiglip.sweep.summary import SweepSummary, failed_run_lines, summarize, summary_lines
 from tinysiglip.sweep.trainable import function_path
 
@@ -59,7 +61,9 @@ def run_sweep(
     gpus_available: int | None = None,
 ) -> SweepSummary:
     """Run (or with ``options.resume`` finish) a study. ``ensure_caches(study) -> {(teacher, dataset,
-    split): path}`` and ``teacher_metrics(path) -> (metrics, params)`` default to the real ones."""
+    split): path}`` and ``teacher_metrics(path) -> (metrics, params)`` default to the real ones.
+
+    SIGINT/SIGTERM stop it (:mod:`.stopping`): :class:`SweepInterrupted` (exit 130/143), no finals."""
     options = options or SweepOptions()
     echo = options.echo
     t0 = time.time()
@@ -68,25 +72,42 @@ def run_sweep(
     check_reachable(target)
     if not target.attach:  # this machine's own capacity, before anything is written
         check_resources(study, gpus_available=gpus_available, cpus_available=options.num_cpus)
+    signals = StopSignals(echo)
+    signals.install()
+    try:
+        return _run(study, options, target, signals, t0, ensure_caches, teacher_metrics)
+    finally:
+        signals.restore()
 
-    import optuna
+
+def _run(
+    study, options: SweepOptions, target, signals: StopSignals, t0: float, ensure_caches, teacher_metrics
+):
     import ray
 
-    from tinysiglip.sweep.runner import TuneRunner, start_ray
-
-    run_dir = Path(study.run_dir).resolve()
-    url = study.storage_url
+    from tinysiglip.sweep.runner import start_ray
 
     t_ray = time.time()
     started_ray = start_ray(study, options, target)
+    signals.install()  # again: Ray's core worker installs its own SIGTERM handler (abort + stack dump)
     ray_start_s = time.time() - t_ray
-    if target.attach:  # the cluster's nodes, before anything is written
-        try:
+    try:
+        if target.attach:  # the cluster's nodes, before anything is written
             check_resources(study, nodes=ray.nodes())
-        except SweepError:
-            if started_ray:
-                ray.shutdown()
-            raise
+        return _sweep(study, options, signals, t0, ray_start_s, ensure_caches, teacher_metrics)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _sweep(study, options, signals, t0, ray_start_s, ensure_caches, teacher_metrics) -> SweepSummary:
+    import optuna
+
+    from tinysiglip.sweep.runner import TuneRunner
+
+    echo = options.echo
+    run_dir = Path(study.run_dir).resolve()
+    url = study.storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not options.log_to_driver:  # failures are recorded in the database and echoed in one line
@@ -124,40 +145,43 @@ def run_sweep(
         gpu_fraction=0.0 if study.local else float(study.resources.gpus_per_trial or 0.0),
         cpus=float(study.resources.cpus_per_trial or 1.0),
         train_fn=function_path(options.train_fn),
+        signals=signals,
     )
     state.reattach = list(reattach)
     for c in study.cells:
         n = len(ostudies[c.name].get_trials(deepcopy=False))
         state.new_left[c.name] = max(0, int(c.trials) - n)
 
-    # 3. search, then 4. final runs, each phase one Tuner
-    runner = TuneRunner(state, run_dir)
-    n_search = len(state.reattach) + sum(state.new_left.values())
-    n_finished = sum(len(s.get_trials(deepcopy=False)) for s in ostudies.values()) - len(reattach)
-    echo(f"search: {n_search} trial(s) to run ({n_finished} already finished)")
-    search_s = runner.run_phase("search", n_search)
-    final_s = 0.0
-    if not options.skip_final:
-        n_final = queue_final_runs(state)
-        echo(f"final: {n_final} run(s) to run")
-        final_s = runner.run_phase("final", n_final)
+    # 3. search, then 4. final runs, each phase one Tuner; a signal stops the phase and skips the rest
+    try:
+        runner = TuneRunner(state, run_dir)
+        n_search = len(state.reattach) + sum(state.new_left.values())
+        n_finished = sum(len(s.get_trials(deepcopy=False)) for s in ostudies.values()) - len(reattach)
+        echo(f"search: {n_search} trial(s) to run ({n_finished} already finished)")
+        search_s = runner.run_phase("search", n_search)
+        _raise_if_stopped(study, state, "search")
+        final_s = 0.0
+        if not options.skip_final:
+            n_final = queue_final_runs(state)
+            echo(f"final: {n_final} run(s) to run")
+            final_s = runner.run_phase("final", n_final)
+            _raise_if_stopped(study, state, "final")
 
-    summary = summarize(study, store, ostudies)
-    for line in summary_lines(summary, study):
-        echo(line)
-    failed_keys, failed_lines = failed_run_lines(store, study.name)
-    if failed_lines:
-        echo(f"{len(failed_keys)} run(s) failed every attempt (the sweep exits non-zero):")
-        for line in failed_lines:
+        summary = summarize(study, store, ostudies)
+        for line in summary_lines(summary, study):
             echo(line)
+        failed_keys, failed_lines = failed_run_lines(store, study.name)
+        if failed_lines:
+            echo(f"{len(failed_keys)} run(s) failed every attempt (the sweep exits non-zero):")
+            for line in failed_lines:
+                echo(line)
+    finally:
+        store.close()
     total = time.time() - t0
     echo(
         f"done in {total:.0f}s (Ray start {ray_start_s:.1f}s, search {search_s:.0f}s, final {final_s:.0f}s); "
         f"database {redact_url(url)}"
     )
-    store.close()
-    if started_ray:
-        ray.shutdown()
     return SweepSummary(
         study=study.name,
         storage_url=url,
@@ -167,4 +191,19 @@ def run_sweep(
         search_s=search_s,
         final_s=final_s,
         failed_runs=failed_keys,
+    )
+
+
+def _raise_if_stopped(study, state: SweepState, phase: str) -> None:
+    """After a phase: if a signal stopped it, leave the unfinished runs for ``--resume`` and stop here."""
+    signals = state.signals
+    if signals is None or not signals.requested:
+        return
+    left = state.leave_unfinished()
+    skipped = "no final runs were started" if phase == "search" else "the final phase stopped"
+    raise SweepInterrupted(
+        signals.signum,
+        f"stopped by {signal.Signals(signals.signum).name} during the {phase} phase: {left} run(s) left "
+        f"running keep their checkpoints, {skipped}. Finish with: python -m tinysiglip.sweep {study.path} "
+        "--resume (and the same flags)",
     )

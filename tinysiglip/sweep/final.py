@@ -1,6 +1,8 @@
 """The final phase's plan: each cell's best COMPLETE trial, re-run once per final seed on the test split.
 
-A final run already complete in the database (from an earlier, interrupted sweep) is not queued again.
+A final run already complete in the database (from an earlier, interrupted sweep) is not queued again,
+unless the cell's best trial changed since (a resumed search found a better one): that final run is
+marked ``superseded`` (kept, not deleted) and redone from the true best.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ def queue_final_runs(state: SweepState) -> int:
         best = ostudy.best_trial
         for seed in study.final_seeds:
             rec = store.find_final_run(c.study_name, seed)
+            if rec is not None and rec.source_trial_number not in (None, best.number):
+                store.supersede_run(
+                    rec.id,
+                    f"superseded: trial {best.number} is now the best (this run re-ran trial "
+                    f"{rec.source_trial_number})",
+                )
+                state.echo(
+                    f"  [{c.name}] final seed {seed}: best trial is now {best.number} (was "
+                    f"{rec.source_trial_number}): redone"
+                )
+                rec = None
             if rec is not None and rec.status == "complete":
                 continue
             cfg = state.cell_config(c, best.params, seed=seed, final=True)

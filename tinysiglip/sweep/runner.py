@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from tinysiglip.sweep.callback import AttemptRecorder
+from tinysiglip.sweep.callback import AttemptRecorder, StopOnSignal
 from tinysiglip.sweep.cluster import ClusterTarget, check_reachable, resolve_target, token_auth_note
 from tinysiglip.sweep.options import SweepError, SweepOptions
 from tinysiglip.sweep.preflight import gpu_count
@@ -141,6 +141,7 @@ class TuneRunner:
         )
         self.ray_dir = artifacts_location(state.options.artifacts, run_dir)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # the driver's StopSignals take SIGINT/SIGTERM
 
     def run_phase(self, phase: str, n: int) -> float:
         """Run ``n`` runs of ``phase`` ("search" or "final") to the end; returns the seconds it took."""
@@ -167,7 +168,9 @@ class TuneRunner:
                 # the newest training checkpoint (what a retry resumes from) and the final student
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 callbacks=[AttemptRecorder(self.state)],
+                stop=StopOnSignal(self.state.signals),
             ),
         )
-        tuner.fit()
+        with self.state.signals.phase():
+            tuner.fit()
         return time.time() - started

@@ -73,6 +73,7 @@ class SweepState:
         gpu_fraction: float,
         cpus: float,
         train_fn: str,
+        signals=None,
     ):
         self.study = study
         self.store = store
@@ -92,6 +93,24 @@ class SweepState:
         self.final_queue: list[dict] = []
         self._rr = 0
         self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+        self.signals = signals  # :class:`~.stopping.StopSignals` of the driver (None in unit tests)
+
+    @property
+    def stopping(self) -> bool:
+        """A signal asked the sweep to stop: runs that end now without a result are left for --resume."""
+        return self.signals is not None and self.signals.requested
+
+    def leave_unfinished(self) -> int:
+        """After a stopped phase: every run still active keeps its RUNNING Optuna trial and its
+        ``running`` row (``--resume`` re-attaches it from its checkpoint); its attempt's time is kept."""
+        left = [a for a in self.active.values() if not a.done]
+        for a in left:
+            self._leave(a)
+        return len(left)
+
+    def _leave(self, a: Active) -> None:
+        a.done = True
+        self.store.add_wall_time(a.run_id, self._attempt_seconds(a))
 
     # ------------------------------------------------------------------------------ configs
     def cell_config(self, cell, params: dict, *, seed: int | None, final: bool) -> dict:
@@ -245,7 +264,7 @@ class SweepState:
     def attempt_failed(self, trial_id: str, error: str) -> None:
         """A failed attempt that Ray retries from the checkpoint: recorded failed, then running again."""
         a = self.active.get(trial_id)
-        if a is None:
+        if a is None or self.stopping:  # a worker that died of the signal: left for --resume
             return
         self.store.finish_run(a.run_id, "failed", error=error, wall_time_s=self._attempt_seconds(a))
         a.restart_pending = True
@@ -338,6 +357,9 @@ class SweepState:
 
         a = self.active.get(trial_id)
         if a is None or a.done:
+            return
+        if self.stopping and not a.final:  # stopped by a signal before its end: left for --resume
+            self._leave(a)
             return
         a.done = True
         seconds = self._attempt_seconds(a)

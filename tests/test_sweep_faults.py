@@ -1,0 +1,159 @@
+"""Faults a sweep must survive (issue 11): signals, finals re-planned from the true best, one driver per
+study, sampler seeds after a resume. Fast tests drive the pieces directly; the slow ones run the real
+driver (Ray Tune + Optuna on SQLite) with the stub trainer of tests/sweep_stubs.py."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from test_sweep_driver import HOOKS, ROOT, check_db, env, sweep, write_study
+
+from tinysiglip.results.store import open_store, optuna_storage
+from tinysiglip.sweep.stopping import StopSignals, SweepInterrupted
+
+# ----------------------------------------------------------------------------------------- fast
+
+
+def test_stop_signals_first_signal_in_a_phase_asks_the_second_forces():
+    said = []
+    signals = StopSignals(said.append)
+    with pytest.raises(SweepInterrupted) as exc:  # outside a Tune phase: stop at once
+        signals._handle(signal.SIGTERM, None)
+    assert exc.value.exit_code == 143 and isinstance(exc.value, KeyboardInterrupt)
+    signals = StopSignals(said.append)
+    with signals.phase():
+        signals._handle(signal.SIGINT, None)  # in a phase: only asks
+        assert signals.requested and "SIGINT received" in said[-1]
+        with pytest.raises(SweepInterrupted) as exc:
+            signals._handle(signal.SIGINT, None)
+    assert exc.value.exit_code == 130
+
+
+def _state_with_trials(tmp_path, values: list[float]):
+    from tinysiglip.sweep.options import SweepOptions
+    from tinysiglip.sweep.prepare import open_cell_studies
+    from tinysiglip.sweep.state import SweepState
+    from tinysiglip.sweep.study import load_study
+
+    study = load_study(write_study(tmp_path, trials=len(values)), run_dir=tmp_path / "run")
+    store = open_store(study.storage_url)
+    ostudies = open_cell_studies(study, optuna_storage(study.storage_url))
+    dist = optuna.distributions.FloatDistribution(0.01, 1.0)
+    for s in ostudies.values():
+        for i, v in enumerate(values):
+            s.add_trial(
+                optuna.trial.create_trial(
+                    params={"loss.feat": 0.5 + i / 10}, distributions={"loss.feat": dist}, value=v
+                )
+            )
+    said: list[str] = []
+    state = SweepState(
+        study=study,
+        store=store,
+        optuna_studies=ostudies,
+        caches={},
+        options=SweepOptions(echo=said.append),
+        fingerprints={},
+        run_dir=tmp_path / "run",
+        gpu_fraction=0.0,
+        cpus=1.0,
+        train_fn="sweep_stubs:stub_train",
+    )
+    return study, store, state, said
+
+
+def test_finals_of_a_superseded_best_are_marked_and_redone(tmp_path):
+    from tinysiglip.sweep.final import queue_final_runs
+
+    study, store, state, said = _state_with_trials(tmp_path, [1.0])
+    assert queue_final_runs(state) == 4  # 2 cells x seeds 0, 1, all from trial 0
+    for spec in state.final_queue:  # the first sweep ran its finals from trial 0
+        rec = store.start_run(
+            study_name=study.name,
+            cell=spec["cell"],
+            kind="final",
+            optuna_study_name=spec["optuna_study"],
+            source_trial_number=spec["source_trial"],
+            seed=spec["seed"],
+        )
+        store.finish_run(rec.id, "complete", test_metrics={"i2t_r1": 1.0})
+    state.final_queue.clear()
+    assert queue_final_runs(state) == 0  # nothing changed: nothing to redo
+    dist = optuna.distributions.FloatDistribution(0.01, 1.0)
+    state.optuna["strong"].add_trial(  # a resumed search found a better trial in one cell
+        optuna.trial.create_trial(params={"loss.feat": 0.9}, distributions={"loss.feat": dist}, value=5.0)
+    )
+    assert queue_final_runs(state) == 2
+    assert {(q["cell"], q["source_trial"]) for q in state.final_queue} == {("strong", 1)}
+    finals = store.runs(study.name, kind="final")
+    assert len(finals) == 4  # kept, not deleted
+    old = [r for r in finals if r.cell == "strong"]
+    assert all(r.status == "superseded" and "trial 1 is now the best" in r.error for r in old)
+    assert all(r.status == "complete" for r in finals if r.cell == "flat")
+    assert store.find_final_run("stubstudy/strong", 0) is None  # the normal key is free for the redo
+    assert any("best trial is now 1 (was 0): redone" in line for line in said)
+
+
+# ----------------------------------------------------------------------------------------- slow
+
+
+def _start(study, run_dir, *args, **env_extra):
+    cmd = [sys.executable, "-m", "tinysiglip.sweep", str(study), "--run-dir", str(run_dir), *args, *HOOKS]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env(**env_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _signal_when_running(proc, url: str, sig: int, timeout: float = 300) -> None:
+    """Send ``sig`` to the driver once one more trial finished (in this run) and another is running."""
+
+    def complete() -> int:
+        try:
+            return len(open_store(url, create=False).runs("stubstudy", kind="trial", status="complete"))
+        except Exception:  # noqa: BLE001 - the database is not there yet
+            return 0
+
+    before = complete()
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        try:
+            runs = open_store(url, create=False).runs("stubstudy", kind="trial")
+        except Exception:  # noqa: BLE001 - the database is not there yet
+            continue
+        n_complete = sum(r.status == "complete" for r in runs)
+        if n_complete > before and any(r.status == "running" for r in runs):
+            proc.send_signal(sig)
+            return
+    raise AssertionError("the sweep never had a finished and a running trial at once")
+
+
+@pytest.mark.slow
+def test_signals_stop_without_finals_and_resume_finishes_from_the_true_best(tmp_path):
+    study = write_study(tmp_path, trials=6, conc=2)
+    run_dir = tmp_path / "run"
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    for sig, code, args in ((signal.SIGINT, 130, ()), (signal.SIGTERM, 143, ("--resume",))):
+        proc = _start(study, run_dir, *args, TSL_STUB_SLEEP="0.6")
+        _signal_when_running(proc, url, sig)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, (out, err)
+        assert "stopped by" in err and "--resume" in err and "Traceback" not in err
+        store = open_store(url, create=False)
+        assert not store.runs("stubstudy", kind="final")  # no finals on a partial search
+        running = [r for r in store.runs("stubstudy", kind="trial") if r.status == "running"]
+        assert running and sum(r.wall_time_s for r in running) > 0  # a stopped attempt's time is kept
+        ostates = [
+            t.state
+            for c in ("strong", "flat")
+            for t in optuna.load_study(study_name=f"stubstudy/{c}", storage=url).trials
+        ]
+        assert optuna.trial.TrialState.RUNNING in ostates and optuna.trial.TrialState.FAIL not in ostates
+    p = sweep(study, "--run-dir", str(run_dir), "--resume", *HOOKS)
+    assert "final: 4 run(s)" in p.stdout
+    check_db(url, trials=6)  # every trial finished once, finals from each cell's best
