@@ -4,13 +4,16 @@ driver (Ray Tune + Optuna on SQLite) with the stub trainer of tests/sweep_stubs.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import optuna
 import pytest
+import sqlalchemy
 from test_sweep_driver import HOOKS, ROOT, check_db, env, sweep, write_study
 
 from tinysiglip.results.store import open_store, optuna_storage
@@ -110,7 +113,8 @@ def _start(study, run_dir, *args, **env_extra):
 
 
 def _signal_when_running(proc, url: str, sig: int, timeout: float = 300) -> None:
-    """Send ``sig`` to the driver once one more trial finished (in this run) and another is running."""
+    """Send ``sig`` to the driver once one more trial finished (in this run) and another is running
+    (signal 0 sends nothing: it only waits for that moment)."""
 
     def complete() -> int:
         try:
@@ -157,3 +161,106 @@ def test_signals_stop_without_finals_and_resume_finishes_from_the_true_best(tmp_
     p = sweep(study, "--run-dir", str(run_dir), "--resume", *HOOKS)
     assert "final: 4 run(s)" in p.stdout
     check_db(url, trials=6)  # every trial finished once, finals from each cell's best
+
+
+# ------------------------------------------------------------------------------ one driver per study
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_lease_refuses_a_live_holder_and_takes_over_a_dead_or_silent_one(tmp_path):
+    from tinysiglip.results.leases import LeaseHeld, acquire_lease, release_lease, renew_lease
+
+    store = open_store(f"sqlite:///{tmp_path / 'study.db'}")
+    mine, taken = acquire_lease(store, "s")
+    assert taken is None and renew_lease(store, mine)
+    with pytest.raises(LeaseHeld, match=rf"another driver: pid {mine.pid} on {mine.host}"):
+        acquire_lease(store, "s", pid=mine.pid + 1)
+    acquire_lease(store, "other")  # one lease per study
+    release_lease(store, mine)
+    dead = _dead_pid()
+    gone, _ = acquire_lease(store, "s", pid=dead)
+    ours, taken = acquire_lease(store, "s")  # same host, holder's process gone: taken over at once
+    assert taken[0].pid == dead and "is gone" in taken[1]
+    assert not renew_lease(store, gone)  # the dead one's lease is no longer its own
+    far, _ = acquire_lease(store, "t", host="elsewhere", pid=1, ttl_s=30, now=time.time() - 100)
+    with pytest.raises(LeaseHeld):
+        acquire_lease(store, "t", now=far.heartbeat_at + 10)  # another host, heartbeat fresh: alive
+    ours, taken = acquire_lease(store, "t")  # another host, 100 s without heartbeat: stale
+    assert taken[0].host == "elsewhere" and "no heartbeat for 100s" in taken[1]
+
+
+@pytest.mark.slow
+def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
+    study = write_study(tmp_path, trials=3, conc=2)
+    run_dir = tmp_path / "run"
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    first = _start(study, run_dir, TSL_STUB_SLEEP="0.6")
+    try:
+        _signal_when_running(first, url, 0)  # signal 0: only waits until the first driver is running
+        for args in ((), ("--resume",)):
+            p = sweep(study, "--run-dir", str(run_dir), *args, *HOOKS, check=False)
+            assert p.returncode == 2, (p.stdout, p.stderr)
+            assert f"another driver: pid {first.pid}" in p.stderr and "Traceback" not in p.stderr
+        out, err = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, (out, err)
+    store, runs = check_db(url, trials=3)  # nothing duplicated or left running by the refused drivers
+    assert all(r.attempts == 1 for r in runs)
+    with store.session() as s:
+        assert not s.execute(sqlalchemy.text("SELECT * FROM tsl_leases")).all()  # released at the end
+
+
+PG_URL = os.environ.get("TINYSIGLIP_TEST_POSTGRES_URL")
+
+CREATE_TABLES = """
+import sys, time
+from tinysiglip.results.store import open_store, optuna_storage, schema_creation_lock
+url, start, locked = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+time.sleep(max(0.0, start - time.time()))
+if locked:
+    with schema_creation_lock(url):
+        open_store(url).close(); optuna_storage(url)
+else:
+    open_store(url).close(); optuna_storage(url)
+"""
+
+
+def create_tables_at_once(url: str, n: int, locked: bool) -> list[subprocess.CompletedProcess]:
+    start = time.time() + 3  # every process imports first, then all create at the same moment
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CREATE_TABLES, url, str(start), "1" if locked else "0"],
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    return [(p, *p.communicate(timeout=120)) for p in procs]
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="TINYSIGLIP_TEST_POSTGRES_URL not set")
+def test_drivers_creating_tables_at_once_on_empty_postgres(tmp_path):
+    admin = sqlalchemy.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"tsl_race_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        url = sqlalchemy.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        results = create_tables_at_once(url, 4, locked=True)
+        assert all(p.returncode == 0 for p, _, _ in results), [err for _, _, err in results]
+        assert {"tsl_runs", "tsl_leases", "trials"} <= set(
+            sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_table_names()
+        )
+    finally:
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

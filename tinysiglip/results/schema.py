@@ -52,6 +52,10 @@ they never collide with Optuna's:
     replayed), wall_time_s, wall_time_pruned_s, concurrency, pruning (JSON: saved fraction and its
     source), cells (JSON: per cell forecast). The latest row per study is the one the report compares.
 
+``tsl_leases``  one row per study while a sweep driver runs it (:mod:`.leases`)
+    study_name (primary key), holder (``host:pid:token``), host, pid, acquired_at, heartbeat_at (Unix
+    seconds), ttl_s (a lease without heartbeat for longer is stale).
+
 The store's read methods (:mod:`.store`) return plain frozen dataclasses (:class:`StudyRecord`,
 :class:`RunRecord`, :class:`EvaluationRecord`, :class:`TeacherMetricsRecord`); ``dataclasses.asdict``
 turns them into dicts. The DataFrames of :mod:`.frames` read the tables column by column, so a column
@@ -75,6 +79,7 @@ __all__ = [
     "EvaluationRow",
     "ForecastRecord",
     "ForecastRow",
+    "LeaseRow",
     "RunRecord",
     "RunRow",
     "StudyRecord",
@@ -203,6 +208,17 @@ class ForecastRow(Base):
     concurrency: Mapped[int | None] = mapped_column(Integer)
     pruning: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cells: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class LeaseRow(Base):
+    __tablename__ = "tsl_leases"
+    study_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), nullable=False)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    acquired_at: Mapped[float] = mapped_column(Float, nullable=False)
+    heartbeat_at: Mapped[float] = mapped_column(Float, nullable=False)
+    ttl_s: Mapped[float] = mapped_column(Float, nullable=False)
 
 
 TABLE_NAMES = tuple(sorted(Base.metadata.tables))

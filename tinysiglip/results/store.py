@@ -12,13 +12,16 @@ Passwords in URLs are never shown: use :func:`redact_url` wherever a URL is prin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, delete, event, inspect, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from tinysiglip.errors import TinySigLIPError
 from tinysiglip.results.schema import (
@@ -47,9 +50,11 @@ __all__ = [
     "open_store",
     "optuna_storage",
     "redact_url",
+    "schema_creation_lock",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+SCHEMA_LOCK_KEY = 0x7451_5349_474C  # "tSIGL": the advisory-lock key of table creation
 
 
 class StoreError(TinySigLIPError):
@@ -606,6 +611,27 @@ def open_store(url: str | Path, *, create: bool = True) -> StudyStore:
     if "://" not in text:
         text = f"sqlite:///{Path(text).resolve()}"
     return StudyStore(text, create=create)
+
+
+@contextmanager
+def schema_creation_lock(url: str | Path) -> Iterator[None]:
+    """Serialise table creation between drivers starting at once on an empty PostgreSQL database (a
+    session advisory lock; concurrent ``CREATE TABLE`` there fails with ``UniqueViolation``). Other
+    databases need none: SQLite serialises writers on its file lock."""
+    text = str(url)
+    if "://" not in text or make_url(text).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = create_engine(text, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def open_existing(url: str | Path) -> StudyStore:

@@ -4,8 +4,9 @@ Flow of :func:`run_sweep` (each step lives in its own module of this package):
 
 1. check resources (:mod:`.plan`; a study asking for GPUs on a machine without one stops here unless
    ``--local``), open the study database (:mod:`tinysiglip.results.store`) and Optuna's
-   ``RDBStorage`` on the same URL, and refuse to touch a study that already has runs unless
-   ``resume`` (:mod:`.prepare`);
+   ``RDBStorage`` on the same URL, take the study's lease (:mod:`.lease`: one driver per study; a
+   second one is refused, a dead one's lease taken over), and refuse to touch a study that already has
+   runs unless ``resume`` (:mod:`.prepare`);
 2. make sure every cache exists (:mod:`.caches`; built once, before any trial) and record the
    teacher's own test metrics per cell (:mod:`.prepare`);
 3. search (:mod:`.runner`): Ray Tune runs :func:`~.trainable.tsl_trainable` for every trial;
@@ -30,9 +31,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tinysiglip.results.store import open_store, optuna_storage, redact_url
+from tinysiglip.results.store import open_store, optuna_storage, redact_url, schema_creation_lock
 from tinysiglip.sweep.cluster import check_reachable, resolve_target
 from tinysiglip.sweep.final import queue_final_runs
+from tinysiglip.sweep.lease import DriverLease
 from tinysiglip.sweep.options import SweepError, SweepOptions
 from tinysiglip.sweep.preflight import apply_overrides, check_resources
 from tinysiglip.sweep.prepare import (
@@ -103,10 +105,7 @@ def _run(
 def _sweep(study, options, signals, t0, ray_start_s, ensure_caches, teacher_metrics) -> SweepSummary:
     import optuna
 
-    from tinysiglip.sweep.runner import TuneRunner
-
     echo = options.echo
-    run_dir = Path(study.run_dir).resolve()
     url = study.storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -115,9 +114,27 @@ def _sweep(study, options, signals, t0, ray_start_s, ensure_caches, teacher_metr
 
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
-    # 1. the study database: one Optuna study per cell, the study's row, what a killed driver left
-    store = open_store(url)
-    ostudies = open_cell_studies(study, optuna_storage(url))
+    # 1. the study database (its tables created under a lock) and this driver's lease on the study;
+    # then one Optuna study per cell, the study's row, what a killed driver left
+    with schema_creation_lock(url):
+        store = open_store(url)
+        storage = optuna_storage(url)
+    try:
+        with DriverLease(store, study.name, echo):
+            return _in_study(
+                study, options, signals, t0, ray_start_s, store, storage, ensure_caches, teacher_metrics
+            )
+    finally:
+        store.close()
+
+
+def _in_study(study, options, signals, t0, ray_start_s, store, storage, ensure_caches, teacher_metrics):
+    from tinysiglip.sweep.runner import TuneRunner
+
+    echo = options.echo
+    run_dir = Path(study.run_dir).resolve()
+    url = study.storage_url
+    ostudies = open_cell_studies(study, storage)
     if not options.resume:
         check_fresh(study, store, ostudies)
     record_study(study, store, options)
@@ -153,30 +170,27 @@ def _sweep(study, options, signals, t0, ray_start_s, ensure_caches, teacher_metr
         state.new_left[c.name] = max(0, int(c.trials) - n)
 
     # 3. search, then 4. final runs, each phase one Tuner; a signal stops the phase and skips the rest
-    try:
-        runner = TuneRunner(state, run_dir)
-        n_search = len(state.reattach) + sum(state.new_left.values())
-        n_finished = sum(len(s.get_trials(deepcopy=False)) for s in ostudies.values()) - len(reattach)
-        echo(f"search: {n_search} trial(s) to run ({n_finished} already finished)")
-        search_s = runner.run_phase("search", n_search)
-        _raise_if_stopped(study, state, "search")
-        final_s = 0.0
-        if not options.skip_final:
-            n_final = queue_final_runs(state)
-            echo(f"final: {n_final} run(s) to run")
-            final_s = runner.run_phase("final", n_final)
-            _raise_if_stopped(study, state, "final")
+    runner = TuneRunner(state, run_dir)
+    n_search = len(state.reattach) + sum(state.new_left.values())
+    n_finished = sum(len(s.get_trials(deepcopy=False)) for s in ostudies.values()) - len(reattach)
+    echo(f"search: {n_search} trial(s) to run ({n_finished} already finished)")
+    search_s = runner.run_phase("search", n_search)
+    _raise_if_stopped(study, state, "search")
+    final_s = 0.0
+    if not options.skip_final:
+        n_final = queue_final_runs(state)
+        echo(f"final: {n_final} run(s) to run")
+        final_s = runner.run_phase("final", n_final)
+        _raise_if_stopped(study, state, "final")
 
-        summary = summarize(study, store, ostudies)
-        for line in summary_lines(summary, study):
+    summary = summarize(study, store, ostudies)
+    for line in summary_lines(summary, study):
+        echo(line)
+    failed_keys, failed_lines = failed_run_lines(store, study.name)
+    if failed_lines:
+        echo(f"{len(failed_keys)} run(s) failed every attempt (the sweep exits non-zero):")
+        for line in failed_lines:
             echo(line)
-        failed_keys, failed_lines = failed_run_lines(store, study.name)
-        if failed_lines:
-            echo(f"{len(failed_keys)} run(s) failed every attempt (the sweep exits non-zero):")
-            for line in failed_lines:
-                echo(line)
-    finally:
-        store.close()
     total = time.time() - t0
     echo(
         f"done in {total:.0f}s (Ray start {ray_start_s:.1f}s, search {search_s:.0f}s, final {final_s:.0f}s); "
