@@ -15,6 +15,7 @@ from typing import Any
 
 from tinysiglip.results.store import StudyStore, redact_url
 from tinysiglip.sweep.options import SweepError, SweepOptions
+from tinysiglip.sweep.sampling import TrialSeededSampler
 
 __all__ = [
     "check_fresh",
@@ -28,7 +29,8 @@ __all__ = [
 
 
 def open_cell_studies(study, storage) -> dict:
-    """``{cell name: optuna.Study}``: each cell is its own Optuna study (created, or loaded when it exists)."""
+    """``{cell name: optuna.Study}``: each cell is its own Optuna study (created, or loaded when it exists),
+    its sampler seeded per trial (:mod:`.sampling`: a resumed or second driver never repeats a draw)."""
     import optuna
 
     return {
@@ -37,7 +39,7 @@ def open_cell_studies(study, storage) -> dict:
             study_name=c.study_name,
             load_if_exists=True,
             direction=study.objective.direction,
-            sampler=study.make_sampler(),
+            sampler=TrialSeededSampler(study.make_sampler, study.sampler.get("seed")),
             pruner=study.make_pruner(),
         )
         for c in study.cells

@@ -187,11 +187,14 @@ class Study:
                     )
         return list(seen.values())
 
-    def make_sampler(self):
-        """A fresh Optuna sampler for one cell's study, from the ``sampler`` settings."""
+    def make_sampler(self, seed: int | None = None):
+        """A fresh Optuna sampler for one cell's study, from the ``sampler`` settings (``seed`` replaces
+        the study's: :mod:`tinysiglip.sweep.sampling` seeds one per trial)."""
         import optuna
 
         s = dict(self.sampler)
+        if seed is not None:
+            s["seed"] = int(seed)
         kind = s.pop("type")
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=s["seed"])
