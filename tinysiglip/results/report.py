@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from tinysiglip.results.escaping import markdown_text, one_line
 from tinysiglip.results.report_data import CellData, StudyData, study_report_data
 from tinysiglip.results.sources import add_source_arguments, default_out_dir, open_studies
 from tinysiglip.results.store import StudyStore, redact_url
@@ -71,7 +72,8 @@ def best_config(data: StudyData, cell: CellData) -> tuple[dict, str] | None:
         f"teacher: {(config.get('teacher') or {}).get('source')}; cache fingerprints in data.expect",
         "reproduce: tinysiglip train --config THIS_FILE --run-dir DIR",
     ]
-    return config, "\n".join("# " + ln for ln in lines) + "\n"
+    # a comment line per header line, whatever the description holds (a line break would start live YAML)
+    return config, "\n".join("# " + one_line(ln) for ln in lines) + "\n"
 
 
 def export_best_configs(data: StudyData, out_dir: Path, *, validate: bool = True) -> list[Path]:
@@ -105,7 +107,7 @@ def write_report(
     tables = build_tables(data)
     paths: list[Path] = []
     parts = [
-        f"# Report: {study_name}",
+        f"# Report: {markdown_text(study_name)}",
         "",
         f"Database: {redact_url(data.storage_url)}  ",
         f"Objective: {data.metric} ({data.direction}); final seeds: {data.final_seeds}; "

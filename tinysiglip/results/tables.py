@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinysiglip.results.escaping import markdown_text, one_line
 from tinysiglip.results.report_data import METRIC_KEYS, CellData, Stat, StudyData, search_param_names
 
 __all__ = ["METRIC_HEADERS", "Table", "build_tables"]
@@ -64,14 +65,14 @@ class Table:
         return "Computed from tsl_runs.id: " + (", ".join(map(str, ids)) if ids else "none")
 
     def markdown(self) -> str:
-        heads = [h for _, h in self.columns]
-        lines = [f"### {self.title}", "", "| " + " | ".join(heads) + " |"]
+        heads = [markdown_text(h) for _, h in self.columns]
+        lines = [f"### {markdown_text(self.title)}", "", "| " + " | ".join(heads) + " |"]
         lines.append("| " + " | ".join([":---"] + ["---:"] * (len(heads) - 1)) + " |")
         for row in self.rows:
-            cells = [self._text(row.get(k)).replace("|", "\\|") for k, _ in self.columns]
+            cells = [markdown_text(self._text(row.get(k))) for k, _ in self.columns]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        lines.extend(f"{n}  " for n in self.notes)
+        lines.extend(f"{markdown_text(n)}  " for n in self.notes)
         lines.append(self.ids_line())
         return "\n".join(lines) + "\n"
 
@@ -107,7 +108,7 @@ class Table:
 
     def latex(self) -> str:
         def esc(s: str) -> str:
-            s = s.replace("\\", "\x00")
+            s = one_line(s, visible=False).replace("\\", "\x00")
             for a, b in (
                 ("&", r"\&"),
                 ("%", r"\%"),
@@ -124,7 +125,7 @@ class Table:
 
         spec = "l" + "r" * (len(self.columns) - 1)
         lines = [
-            f"% {self.title}",
+            f"% {one_line(self.title, visible=False)}",
             r"\begin{table}[t]",
             r"\centering",
             rf"\caption{{{esc(self.title)}}}",
