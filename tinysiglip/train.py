@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,14 @@ import numpy as np
 import torch
 import yaml
 
-from tinysiglip.checkpoint import find_checkpoint, read_checkpoint_config, restore_checkpoint, save_checkpoint
+from tinysiglip.checkpoint import (
+    CheckpointDamaged,
+    find_checkpoint,
+    read_checkpoint_config,
+    restore_checkpoint,
+    save_checkpoint,
+    set_aside,
+)
 from tinysiglip.config.training import DEFAULT_CONFIG, ConfigError, load_config_file, resolve_config
 from tinysiglip.evaluate import retrieval_metrics
 from tinysiglip.losses import DistillationLoss, LossWeights
@@ -244,6 +252,7 @@ def run_training(
     )
     resumed = config["train"]["checkpoint"] and _load_checkpoint(run)
     run.result = {
+        **run.result,  # a damaged checkpoint set aside is said here
         "status": "complete",
         "error": None,
         "param_counts": model.parameter_counts(),
@@ -524,15 +533,26 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 def _load_checkpoint(run: TrainingRun) -> bool:
     """Resume from ``run_dir/checkpoint`` when there is one (weights, optimiser, schedule, RNG and
-    ``run.state``); False when there is none. A checkpoint of another config is an error."""
+    ``run.state``); False when there is none. A checkpoint of another config is an error; a damaged
+    one is set aside (renamed, kept), said on stderr and in the result, and the run starts over."""
     folder = find_checkpoint(run.run_dir)
     if folder is None:
         return False
-    if _comparable(read_checkpoint_config(folder)) != _comparable(run.config):
-        raise ConfigError(
-            f"{folder} holds a checkpoint of a different config; use another run directory or delete it to start over"
+    try:
+        if _comparable(read_checkpoint_config(folder)) != _comparable(run.config):
+            raise ConfigError(
+                f"{folder} holds a checkpoint of a different config; use another run directory or delete it "
+                "to start over"
+            )
+        saved = restore_checkpoint(folder, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+    except CheckpointDamaged as exc:
+        moved = set_aside(folder)
+        run.result["checkpoint_set_aside"] = {"path": str(moved), "error": str(exc)[:500]}
+        print(
+            f"warning: damaged checkpoint ({exc}); set aside as {moved}, training starts over",
+            file=sys.stderr,
         )
-    saved = restore_checkpoint(folder, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+        return False
     run.state = TrainerState(**saved)
     run.elapsed_before = float(run.state.elapsed_s)
     return True
