@@ -46,13 +46,11 @@ def _state_with_trials(tmp_path, values: list[float]):
     study = load_study(write_study(tmp_path, trials=len(values)), run_dir=tmp_path / "run")
     store = open_store(study.storage_url)
     ostudies = open_cell_studies(study, optuna_storage(study.storage_url))
-    dist = optuna.distributions.FloatDistribution(0.01, 1.0)
-    for s in ostudies.values():
+    for cell, s in ostudies.items():
+        space = dict(study.cell(cell).search_space)
         for i, v in enumerate(values):
             s.add_trial(
-                optuna.trial.create_trial(
-                    params={"loss.feat": 0.5 + i / 10}, distributions={"loss.feat": dist}, value=v
-                )
+                optuna.trial.create_trial(params={"loss.feat": 0.5 + i / 10}, distributions=space, value=v)
             )
     said: list[str] = []
     state = SweepState(
@@ -308,3 +306,68 @@ def test_resumed_and_concurrent_drivers_never_repeat_a_draw(tmp_path, kind):
         study_name="strong-old", storage=optuna_storage(study.storage_url), sampler=study.make_sampler()
     )
     assert repeat.ask(fixed_distributions=space).params == old.trials[0].params
+
+
+# ------------------------------------------------------------------------------ budgets and failures
+
+
+def test_resume_with_another_budget_or_search_space_is_refused(tmp_path):
+    from tinysiglip.sweep.options import SweepError, SweepOptions
+    from tinysiglip.sweep.prepare import check_resume_compatible
+
+    study, store, state, _ = _state_with_trials(tmp_path, [1.0])
+    store.start_run(
+        study_name=study.name,
+        cell="strong",
+        kind="trial",
+        optuna_study_name="stubstudy/strong",
+        optuna_trial_number=0,
+        epochs_budget=4,
+    )
+    check_resume_compatible(study, store, state.optuna, SweepOptions())  # as started: fine
+    wide = optuna.distributions.FloatDistribution(0.01, 1.0)  # a flat trial drawn from another range
+    state.optuna["flat"].add_trial(
+        optuna.trial.create_trial(params={"loss.feat": 0.7}, distributions={"loss.feat": wide}, value=1.0)
+    )
+    with pytest.raises(SweepError) as exc:
+        check_resume_compatible(study, store, state.optuna, SweepOptions(epochs=2))
+    assert "cell strong: epochs per trial 4 -> 2 (resume with --epochs 4)" in str(exc.value)
+    assert "cell flat: search space loss.feat: float(low=0.01, high=1.0) -> float(low=0.5, high=1.0)" in str(
+        exc.value
+    )  # every difference at once
+
+
+def test_retry_failed_needs_resume(tmp_path):
+    p = sweep(write_study(tmp_path), "--retry-failed", check=False)
+    assert p.returncode == 2 and "--retry-failed" in p.stderr and "--resume" in p.stderr
+
+
+@pytest.mark.slow
+def test_divergence_is_not_retried_and_retry_failed_reruns_failed_trials(tmp_path):
+    study = write_study(tmp_path, trials=4)
+    run_dir = tmp_path / "run"
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    p = sweep(study, "--run-dir", str(run_dir), *HOOKS, TSL_STUB_FAULTS="diverge_once:1,always:2")
+    store = open_store(url, create=False)
+    for cell in ("strong", "flat"):
+        runs = {r.optuna_trial_number: r for r in store.runs("stubstudy", cell=cell, kind="trial")}
+        assert (
+            runs[1].status == "failed" and runs[1].attempts == 1 and "diverged (not retried)" in runs[1].error
+        )
+        assert (
+            runs[2].status == "failed" and runs[2].attempts == 3
+        )  # an exception is retried (max_failures 2)
+    p = sweep(study, "--run-dir", str(run_dir), "--resume", "--retry-failed", *HOOKS)
+    assert "2 failed trial(s) queued again" not in p.stdout and "4 failed trial(s) queued again" in p.stdout
+    for cell in ("strong", "flat"):
+        ostudy = optuna.load_study(study_name=f"stubstudy/{cell}", storage=url)
+        states = [t.state.name for t in ostudy.trials]
+        assert len(states) == 6 and states.count("FAIL") == 2  # the failed ones stay in the history
+        assert states.count("COMPLETE") + states.count("PRUNED") == 4  # the budget, retries included
+        retries = {t.user_attrs["tsl_retry_of"]: t for t in ostudy.trials if "tsl_retry_of" in t.user_attrs}
+        assert sorted(retries) == [1, 2]
+        assert all(retries[n].params == ostudy.trials[n].params for n in retries)  # same parameters again
+    p = sweep(study, "--run-dir", str(run_dir), "--resume", "--retry-failed", *HOOKS)  # nothing left to retry
+    assert "0 failed trial(s) queued again" in p.stdout and "search: 0 trial(s)" in p.stdout
+    p = sweep(study, "--run-dir", str(run_dir), "--resume", "--epochs", "2", *HOOKS, check=False)
+    assert p.returncode == 2 and "epochs per trial 4 -> 2" in p.stderr

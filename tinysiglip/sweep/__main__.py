@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="finish a study already in the database (nothing finished runs again)",
     )
     p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run every failed trial again with its parameters (it no longer counts)",
+    )
+    p.add_argument(
         "--storage", metavar="URL", help="SQLAlchemy URL of the study database (overrides the file)"
     )
     p.add_argument("--run-dir", metavar="DIR", help="run folder (overrides the file)")
@@ -93,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise TinySigLIPError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if args.retry_failed and not args.resume:
+            raise TinySigLIPError("--retry-failed finishes a study: give --resume with it")
         study = load_study(args.study, local=args.local, storage=args.storage, run_dir=args.run_dir)
         options = SweepOptions(
             resume=args.resume,
+            retry_failed=args.retry_failed,
             max_concurrent=args.max_concurrent,
             dashboard=args.dashboard,
             trials_per_cell=args.trials_per_cell,

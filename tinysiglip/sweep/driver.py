@@ -39,12 +39,15 @@ from tinysiglip.sweep.options import SweepError, SweepOptions
 from tinysiglip.sweep.preflight import apply_overrides, check_resources
 from tinysiglip.sweep.prepare import (
     check_fresh,
+    check_resume_compatible,
     open_cell_studies,
+    queue_failed_retries,
     reconcile_left_running,
     record_study,
     record_teacher_reference,
     study_caches,
     teacher_reference_metrics,
+    trials_left,
 )
 from tinysiglip.sweep.state import SweepState
 from tinysiglip.sweep.stopping import StopSignals, SweepInterrupted
@@ -137,6 +140,8 @@ def _in_study(study, options, signals, t0, ray_start_s, store, storage, ensure_c
     ostudies = open_cell_studies(study, storage)
     if not options.resume:
         check_fresh(study, store, ostudies)
+    else:
+        check_resume_compatible(study, store, ostudies, options)
     record_study(study, store, options)
     echo(f"study {study.name}: {len(study.cells)} cells, storage {redact_url(url)}, run dir {run_dir}")
     echo(f"  watch it: optuna-dashboard {redact_url(url)}")
@@ -165,9 +170,11 @@ def _in_study(study, options, signals, t0, ray_start_s, store, storage, ensure_c
         signals=signals,
     )
     state.reattach = list(reattach)
+    if options.retry_failed:
+        queued = queue_failed_retries(study, ostudies)
+        echo(f"  --retry-failed: {sum(queued.values())} failed trial(s) queued again with their parameters")
     for c in study.cells:
-        n = len(ostudies[c.name].get_trials(deepcopy=False))
-        state.new_left[c.name] = max(0, int(c.trials) - n)
+        state.new_left[c.name] = trials_left(c, ostudies[c.name])
 
     # 3. search, then 4. final runs, each phase one Tuner; a signal stops the phase and skips the rest
     runner = TuneRunner(state, run_dir)

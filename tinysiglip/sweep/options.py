@@ -17,6 +17,7 @@ class SweepError(TinySigLIPError):
 @dataclass
 class SweepOptions:
     resume: bool = False
+    retry_failed: bool = False  # with resume: failed trials run again (they no longer count)
     max_concurrent: int | None = None
     dashboard: bool = False
     trials_per_cell: int | None = None  # small-budget overrides (tests, smoke runs)

@@ -19,6 +19,9 @@ from tinysiglip.sweep.sampling import TrialSeededSampler
 
 __all__ = [
     "check_fresh",
+    "check_resume_compatible",
+    "queue_failed_retries",
+    "trials_left",
     "open_cell_studies",
     "reconcile_left_running",
     "record_study",
@@ -55,6 +58,81 @@ def check_fresh(study, store: StudyStore, ostudies: dict) -> None:
             f"{redact_url(study.storage_url)}. Rerun with --resume to finish it, or give a new --storage URL "
             "(or another run_dir) to start over."
         )
+
+
+def check_resume_compatible(study, store: StudyStore, ostudies: dict, options: SweepOptions) -> None:
+    """``--resume`` finishes the study that was started: a changed epoch budget or search space would
+    mix incomparable trials in one Optuna study (and one pruner). Every difference is listed at once."""
+    problems = []
+    for c in study.cells:
+        epochs = options.epochs or (c.base_config.get("train") or {}).get("epochs")
+        done = sorted(
+            {r.epochs_budget for r in store.runs(study.name, cell=c.name, kind="trial") if r.epochs_budget}
+        )
+        if epochs is not None and done and done != [int(epochs)]:
+            was = ", ".join(map(str, done))
+            problems.append(f"cell {c.name}: epochs per trial {was} -> {epochs} (resume with --epochs {was})")
+        space = dict(c.search_space)
+        trials = [t for t in ostudies[c.name].get_trials(deepcopy=False) if t.distributions]
+        for name in sorted(set(space).union(*(t.distributions for t in trials))):
+            was = [t.distributions.get(name) for t in trials if t.distributions.get(name) != space.get(name)]
+            if was:
+                problems.append(
+                    f"cell {c.name}: search space {name}: {_dist(was[0])} -> {_dist(space.get(name))}"
+                )
+    if problems:
+        raise SweepError(
+            f"--resume: study {study.name!r} in {redact_url(study.storage_url)} was started with another budget "
+            "or search space; one study must not mix them:\n  "
+            + "\n  ".join(problems)
+            + "\nResume with the original settings, or start a new study (another --storage or --run-dir)."
+        )
+
+
+def _dist(d) -> str:
+    if d is None:
+        return "(not searched)"
+    shown = ", ".join(f"{k}={v}" for k, v in vars(d).items() if v is not None and v is not False)
+    return f"{type(d).__name__.removesuffix('Distribution').lower()}({shown})"
+
+
+RETRIED = "tsl_retried_failed"  # Optuna study user attr: numbers of the FAIL trials re-queued
+
+
+def queue_failed_retries(study, ostudies: dict) -> dict[str, int]:
+    """``--retry-failed``: every FAIL trial not retried yet is queued again with its parameters (a new
+    Optuna trial, a fresh run dir); the failed one stays in the history. Returns ``{cell: n queued}``."""
+    import optuna
+
+    queued = {}
+    for c in study.cells:
+        ostudy = ostudies[c.name]
+        done = set(ostudy.user_attrs.get(RETRIED, []))
+        failed = [
+            t
+            for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+            if t.number not in done and t.params
+        ]
+        for t in failed:
+            ostudy.enqueue_trial(dict(t.params), user_attrs={"tsl_retry_of": t.number}, skip_if_exists=False)
+        if failed:
+            ostudy.set_user_attr(RETRIED, sorted(done | {t.number for t in failed}))
+        queued[c.name] = len(failed)
+    return queued
+
+
+def trials_left(cell, ostudy) -> int:
+    """New trials a cell still needs: its budget minus the trials that count (a failed trial that was
+    re-queued by ``--retry-failed`` does not; a queued one is still to run)."""
+    import optuna
+
+    retried = set(ostudy.user_attrs.get(RETRIED, []))
+    counted = [
+        t
+        for t in ostudy.get_trials(deepcopy=False)
+        if t.number not in retried and t.state != optuna.trial.TrialState.WAITING
+    ]
+    return max(0, int(cell.trials) - len(counted))
 
 
 def record_study(study, store: StudyStore, options: SweepOptions) -> None:

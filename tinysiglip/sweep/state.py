@@ -369,7 +369,14 @@ class SweepState:
             err_text = trial_error(a.ray_trial or self.ray_trials.get(trial_id)) or "trial failed"
         elif not a.final:
             err_text = "the trial ended without a final result"
+        elif a.final.get("status") == "diverged":  # deterministic: failed for good, never retried
+            err_text = f"diverged (not retried): {a.final.get('error') or 'non-finite loss'}"
         objective = None
+        if res.get("checkpoint_set_aside"):
+            aside = res["checkpoint_set_aside"]
+            self.echo(
+                f"  [{a.cell}] {self._label(a)}: damaged checkpoint set aside ({aside}); it started over"
+            )
         recorded = (
             {(e.epoch, e.step) for e in self.store.evaluations(a.run_id)} if res.get("val_history") else set()
         )

@@ -31,7 +31,8 @@ DEFAULT_TRAIN_FN = "tinysiglip.train:run_training"
 
 
 class TrialDiverged(RuntimeError):
-    """run_training returned status "diverged" (NaN loss): a failure Ray retries from the checkpoint."""
+    """run_training returned status "diverged" (NaN loss). Kept for callers; the trainable no longer
+    raises it: a divergence is deterministic, a retry from the checkpoint would diverge again."""
 
 
 def import_function(path: str) -> Callable:
@@ -158,8 +159,10 @@ def tsl_trainable(config: dict) -> None:
 
     Every evaluation goes to ``tune.report`` with the run's checkpoint folder (Tune copies it to the
     storage path, so a retry on another node resumes there); the final result is reported once more
-    with ``tsl_event="final"`` and the exported student (or last checkpoint). A diverged run raises, so
-    Ray retries it up to the study's ``max_failures``. Each report carries the node the trial runs on."""
+    with ``tsl_event="final"`` and the exported student (or last checkpoint). A run that raises is
+    retried by Ray up to the study's ``max_failures``; a diverged run (NaN loss) reports its status
+    instead and the driver records it failed, not retried (the same steps would diverge again). Each
+    report carries the node the trial runs on."""
     import os
 
     from ray import tune
@@ -196,9 +199,7 @@ def tsl_trainable(config: dict) -> None:
         return None
 
     result = train_fn(spec["train_config"], run_dir=spec["run_dir"], report=report)
-    if result.get("status") == "diverged":
-        raise TrialDiverged(result.get("error") or "training diverged (non-finite loss)")
-    if result.get("status") not in (None, "complete", "stopped"):
+    if result.get("status") not in (None, "complete", "stopped", "diverged"):
         raise RuntimeError(f"training ended with status {result.get('status')!r}: {result.get('error')}")
     payload = {k: v for k, v in result.items() if k not in ("config",)}
     payload["device"] = describe_device(payload.get("device"))
