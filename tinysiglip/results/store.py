@@ -641,9 +641,23 @@ def open_existing(url: str | Path) -> StudyStore:
     if "://" in text:
         u = make_url(text)
         database = u.database if u.get_backend_name() == "sqlite" and u.database != ":memory:" else None
+    if "://" in text and make_url(text).get_backend_name() == "sqlite" and database is None:
+        raise StoreError(
+            f"{text} is an in-memory database: it holds no study; give the study database's file"
+        )
     if database and not Path(database).exists():
         raise StoreError(f"no study database at {database} (has the sweep run?)")
-    return open_store(text, create=False)
+    if database and (not Path(database).is_file() or Path(database).stat().st_size == 0):
+        raise StoreError(
+            f"{database} is not a study database (empty or not a file); give the file the sweep wrote"
+        )
+    store = open_store(text, create=False)
+    if not any(t.startswith("tsl_") for t in store.table_names()):
+        store.close()
+        raise StoreError(
+            f"{redact_url(text)} holds no TinySigLIP study (no tsl_* tables); has the sweep run?"
+        )
+    return store
 
 
 def optuna_storage(url: str):

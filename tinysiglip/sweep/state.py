@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -458,8 +459,17 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
 def trial_error(trial) -> str | None:
-    """The text of the trial's last failure (Ray appends every failure to the trial's error file)."""
+    """The text of the trial's last failure (Ray appends every failure to the trial's error file),
+    without terminal colour codes (they would be stored in the database's error column)."""
+    text = _trial_error(trial)
+    return None if text is None else _ANSI.sub("", text)
+
+
+def _trial_error(trial) -> str | None:
     if trial is None:
         return None
     try:

@@ -445,6 +445,12 @@ def _storage_url(url: str) -> str:
             f"not a SQLAlchemy URL: {url!r} ({error})",
             "e.g. sqlite:///runs/study.db or postgresql+psycopg://user@host/db",
         ) from None
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise problem(
+            f"{url!r} is an in-memory database: the whole study would be lost when the sweep ends",
+            "give a file, e.g. sqlite:///runs/study.db",
+        )
     return url
 
 
