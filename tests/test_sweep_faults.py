@@ -371,3 +371,21 @@ def test_divergence_is_not_retried_and_retry_failed_reruns_failed_trials(tmp_pat
     assert "0 failed trial(s) queued again" in p.stdout and "search: 0 trial(s)" in p.stdout
     p = sweep(study, "--run-dir", str(run_dir), "--resume", "--epochs", "2", *HOOKS, check=False)
     assert p.returncode == 2 and "epochs per trial 4 -> 2" in p.stderr
+
+
+# ------------------------------------------------------------------------------ the fault suite
+
+
+@pytest.mark.slow
+def test_fault_suite_quick_subset(tmp_path):
+    """scripts/fault_suite.py --quick: every injected fault survived or refused cleanly."""
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fault_suite.py"), "--quick", "--keep", str(tmp_path)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert p.returncode == 0 and " 0 FAIL" in p.stdout, p.stdout + p.stderr
+    assert "15 faults injected" in p.stdout

@@ -1,0 +1,487 @@
+"""Inject the faults of issue 11 into small sweeps and print what happened: fault -> outcome -> expected.
+
+    PYTHONPATH=$PWD python scripts/fault_suite.py [--quick] [--keep DIR]
+
+The sweeps run the real driver (Ray Tune + Optuna on SQLite) with the stub trainer of
+tests/sweep_stubs.py, so a fault costs seconds. After each fault the study database is checked: no
+trial or parameter set twice, no run left ``running`` in the database while Optuna says it finished,
+finals re-run from each cell's true best. Every fault ends in one of: "survived" (nothing lost or
+duplicated), "refused" (a clean one-line error, exit 2, nothing written), or FAIL. ``--quick`` is the
+subset the slow test runs in CI; the full suite adds trial failures, divergence and --retry-failed,
+and (with TINYSIGLIP_TEST_POSTGRES_URL) two drivers creating tables on an empty PostgreSQL database.
+The exit status is 1 when any fault FAILs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+from test_sweep_driver import HOOKS, write_study  # noqa: E402  (the stub study and its hooks)
+
+from tinysiglip.results.store import open_store  # noqa: E402
+
+
+@dataclass
+class Row:
+    fault: str
+    outcome: str
+    expected: str
+    verdict: str  # survived | refused | FAIL
+
+
+def _env(**extra: str) -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), e.get("PYTHONPATH", "")])
+    e.update(extra)
+    return e
+
+
+class World:
+    """One stub study under ``root``: its file, run folder and database."""
+
+    def __init__(self, root: Path, trials: int, conc: int = 2):
+        root.mkdir(parents=True, exist_ok=True)
+        self.study = write_study(root, trials=trials, conc=conc)
+        self.run_dir = root / "run"
+        self.url = f"sqlite:///{self.run_dir / 'study.db'}"
+        self.trials = trials
+
+    def cmd(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "tinysiglip.sweep",
+            str(self.study),
+            "--run-dir",
+            str(self.run_dir),
+            *args,
+            *HOOKS,
+        ]
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.cmd(*args), cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=900
+        )
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            self.cmd(*args),
+            cwd=ROOT,
+            env=_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def runs(self, **kw):
+        try:
+            return open_store(self.url, create=False).runs("stubstudy", **kw)
+        except Exception:  # noqa: BLE001 - the database is not there yet
+            return []
+
+    def wait_for_progress(self, proc: subprocess.Popen, timeout: float = 300) -> None:
+        """Until one more trial finished in this run and another is running."""
+        before = len([r for r in self.runs(kind="trial") if r.status in ("complete", "pruned")])
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            runs = self.runs(kind="trial")
+            done = sum(r.status in ("complete", "pruned") for r in runs)
+            if done > before and any(r.status == "running" for r in runs):
+                return
+        out, err = proc.communicate() if proc.poll() is not None else ("", "")
+        raise RuntimeError(
+            f"the sweep never had a finished and a running trial at once: {err.strip()[-300:]}"
+        )
+
+    def wait_for_lease(self, proc: subprocess.Popen, timeout: float = 300) -> None:
+        """Until ``proc`` holds the study's lease (it has started; a kill now leaves work behind)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            try:
+                with sqlite3.connect(self.run_dir / "study.db") as con:
+                    if con.execute("SELECT pid FROM tsl_leases").fetchall() == [(proc.pid,)]:
+                        return
+            except sqlite3.Error:
+                continue
+        raise RuntimeError("the driver never took the study's lease")
+
+    def problems(self, *, finished: bool) -> list[str]:
+        """What is wrong in the database: duplicates, rows out of step with Optuna, finals not from the best."""
+        import optuna
+
+        out = []
+        runs = open_store(self.url, create=False).runs("stubstudy")
+        for cell in ("strong", "flat"):
+            ostudy = optuna.load_study(study_name=f"stubstudy/{cell}", storage=self.url)
+            trials = ostudy.get_trials(deepcopy=False)
+            params = [json.dumps(t.params, sort_keys=True) for t in trials if t.params]
+            if len(params) != len(set(params)) and not any("tsl_retry_of" in t.user_attrs for t in trials):
+                out.append(f"{cell}: a parameter set drawn twice")
+            rows = {r.optuna_trial_number: r for r in runs if r.cell == cell and r.kind == "trial"}
+            for t in trials:
+                r = rows.get(t.number)
+                if t.state.is_finished() and (r is None or r.status == "running"):
+                    out.append(f"{cell} trial {t.number}: Optuna {t.state.name}, database {r and r.status}")
+            if finished:
+                live = [t for t in trials if not t.state.is_finished()]
+                if live:
+                    out.append(f"{cell}: {len(live)} trial(s) never finished")
+                finals = [r for r in runs if r.cell == cell and r.kind == "final" and r.status == "complete"]
+                best = ostudy.best_trial.number
+                if sorted(r.seed for r in finals) != [0, 1] or any(
+                    r.source_trial_number != best for r in finals
+                ):
+                    out.append(
+                        f"{cell}: complete finals {[(r.seed, r.source_trial_number) for r in finals]}, best {best}"
+                    )
+        return out
+
+
+def _one_line_error(p: subprocess.CompletedProcess) -> bool:
+    return p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.strip().startswith("error:")
+
+
+def _verdict(ok: bool, kind: str) -> str:
+    return kind if ok else "FAIL"
+
+
+# ----------------------------------------------------------------------------------------- faults
+
+
+def signals_drivers_and_resume(root: Path) -> list[Row]:
+    """Ctrl-C, SIGTERM, a killed driver, second drivers, stale finals, a changed budget: one study."""
+    w = World(root / "signals", trials=6)
+    rows = []
+    first = w.start(TSL_STUB_SLEEP="0.8")
+    w.wait_for_progress(first)
+    for args, what in (
+        ((), "second fresh driver on a running study"),
+        (("--resume",), "second --resume while one runs"),
+    ):
+        p = w.run(*args)
+        ok = _one_line_error(p) and f"pid {first.pid}" in p.stderr
+        rows.append(
+            Row(
+                what,
+                f"exit {p.returncode}: {p.stderr.strip()[:70]}",
+                "exit 2 naming the holder",
+                _verdict(ok, "refused"),
+            )
+        )
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=300)
+    finals = w.runs(kind="final")
+    ok = first.returncode == 130 and not finals and "--resume" in err and not w.problems(finished=False)
+    rows.append(
+        Row(
+            "SIGINT (Ctrl-C) mid-search",
+            f"exit {first.returncode}, {len(finals)} final(s)",
+            "exit 130, no finals, resume line",
+            _verdict(ok, "survived"),
+        )
+    )
+
+    second = w.start("--resume", TSL_STUB_SLEEP="0.8")
+    w.wait_for_progress(second)
+    second.send_signal(signal.SIGTERM)
+    out, err = second.communicate(timeout=300)
+    ok = (
+        second.returncode == 143
+        and not w.runs(kind="final")
+        and "Traceback" not in err
+        and not w.problems(finished=False)
+    )
+    rows.append(
+        Row(
+            "SIGTERM mid-search",
+            f"exit {second.returncode}",
+            "exit 143, no finals, no stack dump",
+            _verdict(ok, "survived"),
+        )
+    )
+
+    third = w.start("--resume", TSL_STUB_SLEEP="0.8")
+    w.wait_for_lease(third)
+    time.sleep(5)
+    third.kill()
+    third.communicate(timeout=120)
+    p = w.run("--resume")
+    problems = w.problems(finished=True)
+    ok = p.returncode == 0 and "took over the study's lease" in p.stdout and not problems
+    rows.append(
+        Row(
+            "SIGKILL driver, then --resume",
+            f"exit {p.returncode}; {'; '.join(problems) or 'db consistent'}",
+            "lease taken over, all finished, finals from best",
+            _verdict(ok, "survived"),
+        )
+    )
+    trials = [r for r in w.runs(kind="trial")]
+    ok = len(trials) == 2 * w.trials and not problems
+    rows.append(
+        Row(
+            "3 resumes re-drawing parameters",
+            f"{len(trials)} trials, duplicates: {'yes' if problems else 'no'}",
+            f"{2 * w.trials} trials, none repeated",
+            _verdict(ok, "survived"),
+        )
+    )
+
+    # finals that a driver of an older version ran from a stale best: marked superseded and redone
+    con = sqlite3.connect(w.run_dir / "study.db")
+    con.execute(
+        "UPDATE tsl_runs SET source_trial_number = source_trial_number + 1 WHERE kind = 'final' AND cell = 'strong'"
+    )
+    con.commit()
+    con.close()
+    p = w.run("--resume")
+    superseded = [r for r in w.runs(kind="final") if r.status == "superseded"]
+    ok = p.returncode == 0 and len(superseded) == 2 and not w.problems(finished=True)
+    rows.append(
+        Row(
+            "finals ran from a superseded best",
+            f"{len(superseded)} marked superseded, redone",
+            "kept as superseded, redone from the best",
+            _verdict(ok, "survived"),
+        )
+    )
+
+    p = w.run("--resume", "--epochs", "2")
+    ok = p.returncode == 2 and "epochs per trial 4 -> 2" in p.stderr and "Traceback" not in p.stderr
+    rows.append(
+        Row(
+            "--resume with another --epochs",
+            f"exit {p.returncode}",
+            "exit 2 listing the difference",
+            _verdict(ok, "refused"),
+        )
+    )
+    rows += _hostile_text(w, root)
+    return rows
+
+
+def _hostile_text(w: World, root: Path) -> list[Row]:
+    import yaml
+
+    from tinysiglip.results.report import main as report
+
+    con = sqlite3.connect(w.run_dir / "study.db")
+    settings = json.loads(con.execute("SELECT settings FROM tsl_studies").fetchone()[0])
+    settings["cells"]["strong"]["description"] = (
+        "x\ndata: {train_cache: /etc/passwd}\u2028<script>alert(1)</script> [a](javascript:alert(2))"
+    )
+    con.execute("UPDATE tsl_studies SET settings = ?", (json.dumps(settings),))
+    con.commit()
+    con.close()
+    out = root / "report"
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = report(["--storage", w.url, "--out", str(out)])
+    text = (out / "best_configs" / "strong.yaml").read_text() if rc == 0 else ""
+    live_yaml = "/etc/passwd" in json.dumps(yaml.safe_load(text) if text else {})
+    md = "\n".join(p.read_text() for p in out.glob("*.md")) if rc == 0 else ""
+    live_md = "<script" in md or "](javascript" in md.replace("\\](javascript", "")
+    return [
+        Row(
+            "multi-line description -> best_configs",
+            "live YAML line" if live_yaml else "stays a comment",
+            "no live YAML",
+            _verdict(rc == 0 and not live_yaml, "survived"),
+        ),
+        Row(
+            "<script>, javascript: link -> Markdown",
+            "raw markup" if live_md else "escaped",
+            "escaped",
+            _verdict(rc == 0 and not live_md and "alert(1)" in md, "survived"),
+        ),
+    ]
+
+
+def bad_inputs(root: Path) -> list[Row]:
+    rows = []
+    empty = root / "empty.db"
+    empty.write_bytes(b"")
+    (root / "bad").mkdir(parents=True, exist_ok=True)
+    study = write_study(root / "bad", trials=2)
+    config = root / "bad" / "train.yaml"
+    config.write_text("student: {name: test_tiny}\n")
+    cases = [
+        (
+            "sweep --storage sqlite:///:memory:",
+            ["tinysiglip.sweep", str(study), "--storage", "sqlite:///:memory:", "--dry-run"],
+        ),
+        (
+            "report on an empty database file",
+            ["tinysiglip", "report", "--storage", str(empty), "--out", str(root / "r")],
+        ),
+        ("report on /dev/null", ["tinysiglip", "report", "--storage", "/dev/null", "--out", str(root / "r")]),
+        (
+            "train --run-dir /proc/nope",
+            ["tinysiglip", "train", "--config", str(config), "--run-dir", "/proc/nope"],
+        ),
+        ("--retry-failed without --resume", ["tinysiglip.sweep", str(study), "--retry-failed"]),
+    ]
+    for what, args in cases:
+        p = subprocess.run(
+            [sys.executable, "-m", *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+        )
+        ok = p.returncode == 2 and "Traceback" not in p.stderr and "SELECT" not in p.stderr
+        rows.append(
+            Row(
+                what,
+                f"exit {p.returncode}: {p.stderr.strip()[:60]}",
+                "one clean line, exit 2",
+                _verdict(ok, "refused"),
+            )
+        )
+    rows[1].verdict = rows[1].verdict if empty.stat().st_size == 0 else "FAIL"
+    return rows
+
+
+def trial_failures(root: Path) -> list[Row]:
+    w = World(root / "failures", trials=4, conc=2)
+    p = w.run(TSL_STUB_FAULTS="raise_once:0,diverge_once:1,always:2")
+    runs = {(r.cell, r.optuna_trial_number): r for r in w.runs(kind="trial")}
+    once, diverged, always = runs[("strong", 0)], runs[("strong", 1)], runs[("strong", 2)]
+    rows = [
+        Row(
+            "trial raises once",
+            f"{once.status}, {once.attempts} attempts",
+            "complete after 1 retry",
+            _verdict(once.status == "complete" and once.attempts == 2, "survived"),
+        ),
+        Row(
+            "NaN loss (divergence)",
+            f"{diverged.status}, {diverged.attempts} attempt(s)",
+            "failed, not retried",
+            _verdict(diverged.status == "failed" and diverged.attempts == 1, "survived"),
+        ),
+        Row(
+            "trial always raises",
+            f"{always.status}, {always.attempts} attempts",
+            "failed after max_failures",
+            _verdict(always.status == "failed" and always.attempts == 3, "survived"),
+        ),
+    ]
+    p = w.run("--resume", "--retry-failed")
+    import optuna
+
+    ostudy = optuna.load_study(study_name="stubstudy/strong", storage=w.url)
+    retried = [t for t in ostudy.trials if "tsl_retry_of" in t.user_attrs]
+    ok = (
+        p.returncode == 0
+        and len(retried) == 2
+        and all(t.state.is_finished() and t.state.name != "FAIL" for t in retried)
+    )
+    rows.append(
+        Row(
+            "--retry-failed",
+            f"{len(retried)} failed trial(s) rerun",
+            "failed trials rerun, not counted",
+            _verdict(ok and not w.problems(finished=True), "survived"),
+        )
+    )
+    return rows
+
+
+def postgres_table_race(root: Path) -> list[Row]:
+    url = os.environ.get("TINYSIGLIP_TEST_POSTGRES_URL")
+    if not url:
+        return []
+    import uuid
+
+    import sqlalchemy
+    from test_sweep_faults import create_tables_at_once
+
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"tsl_fault_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        db = sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+        codes = [p.returncode for p, _, _ in create_tables_at_once(db, 4, locked=True)]
+    finally:
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    return [
+        Row(
+            "4 drivers create tables on empty PostgreSQL",
+            f"exit codes {codes}",
+            "all 0",
+            _verdict(codes == [0] * 4, "survived"),
+        )
+    ]
+
+
+QUICK: list[Callable[[Path], list[Row]]] = [signals_drivers_and_resume, bad_inputs]
+FULL: list[Callable[[Path], list[Row]]] = [*QUICK, trial_failures, postgres_table_race]
+
+
+def run_suite(root: Path, quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    for fault in QUICK if quick else FULL:
+        try:
+            rows += fault(root)
+        except Exception as exc:  # noqa: BLE001 - a fault that breaks the suite is a FAIL row, not a crash
+            rows.append(Row(fault.__name__, f"suite error: {type(exc).__name__}: {exc}"[:120], "-", "FAIL"))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    widths = [
+        max(len(getattr(r, f)) for r in rows + [Row("fault", "outcome", "expected", "verdict")])
+        for f in ("fault", "outcome", "expected", "verdict")
+    ]
+    widths = [min(w, 70) for w in widths]
+
+    def line(r: Row) -> str:
+        return " | ".join(
+            str(v)[:w].ljust(w) for v, w in zip((r.fault, r.outcome, r.expected, r.verdict), widths)
+        )
+
+    out = [line(Row("fault", "outcome", "expected", "verdict")), "-+-".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    n = len(rows)
+    survived = sum(r.verdict == "survived" for r in rows)
+    refused = sum(r.verdict == "refused" for r in rows)
+    out.append(
+        f"{n} faults injected: {survived} survived with nothing lost, {refused} refused cleanly, {n - survived - refused} FAIL"
+    )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the CI subset")
+    ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    started = time.time()
+    if args.keep:
+        rows = run_suite(args.keep, args.quick)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tsl-faults-") as tmp:
+            rows = run_suite(Path(tmp), args.quick)
+    print(table(rows))
+    print(f"({time.time() - started:.0f}s)")
+    return 1 if any(r.verdict == "FAIL" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
