@@ -347,7 +347,10 @@ def test_divergence_is_not_retried_and_retry_failed_reruns_failed_trials(tmp_pat
     study = write_study(tmp_path, trials=4)
     run_dir = tmp_path / "run"
     url = f"sqlite:///{run_dir / 'study.db'}"
-    p = sweep(study, "--run-dir", str(run_dir), *HOOKS, TSL_STUB_FAULTS="diverge_once:1,always:2")
+    p = sweep(
+        study, "--run-dir", str(run_dir), *HOOKS, check=False, TSL_STUB_FAULTS="diverge_once:1,always:2"
+    )
+    assert p.returncode == 1 and "4 run(s) failed" in p.stderr  # failed runs: a non-zero exit naming them
     store = open_store(url, create=False)
     for cell in ("strong", "flat"):
         runs = {r.optuna_trial_number: r for r in store.runs("stubstudy", cell=cell, kind="trial")}

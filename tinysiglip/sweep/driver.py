@@ -45,6 +45,7 @@ from tinysiglip.sweep.prepare import (
     reconcile_left_running,
     record_study,
     record_teacher_reference,
+    retried_run_keys,
     study_caches,
     teacher_reference_metrics,
     trials_left,
@@ -193,7 +194,7 @@ def _in_study(study, options, signals, t0, ray_start_s, store, storage, ensure_c
     summary = summarize(study, store, ostudies)
     for line in summary_lines(summary, study):
         echo(line)
-    failed_keys, failed_lines = failed_run_lines(store, study.name)
+    failed_keys, failed_lines = failed_run_lines(store, study.name, retried_run_keys(study, ostudies))
     if failed_lines:
         echo(f"{len(failed_keys)} run(s) failed every attempt (the sweep exits non-zero):")
         for line in failed_lines:

@@ -21,6 +21,7 @@ __all__ = [
     "check_fresh",
     "check_resume_compatible",
     "queue_failed_retries",
+    "retried_run_keys",
     "trials_left",
     "open_cell_studies",
     "reconcile_left_running",
@@ -119,6 +120,17 @@ def queue_failed_retries(study, ostudies: dict) -> dict[str, int]:
             ostudy.set_user_attr(RETRIED, sorted(done | {t.number for t in failed}))
         queued[c.name] = len(failed)
     return queued
+
+
+def retried_run_keys(study, ostudies: dict) -> set[str]:
+    """Run keys of the failed trials ``--retry-failed`` ran again: no longer failures of the study."""
+    from tinysiglip.results.schema import run_key
+
+    return {
+        run_key("trial", c.study_name, trial_number=n)
+        for c in study.cells
+        for n in ostudies[c.name].user_attrs.get(RETRIED, [])
+    }
 
 
 def trials_left(cell, ostudy) -> int:

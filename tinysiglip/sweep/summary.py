@@ -28,10 +28,15 @@ class SweepSummary:
         return not self.failed_runs
 
 
-def failed_run_lines(store: StudyStore, study_name: str) -> tuple[list[str], list[str]]:
-    """(run keys, printable lines) of the study's runs that failed every attempt, with where and why."""
+def failed_run_lines(
+    store: StudyStore, study_name: str, skip: set[str] | frozenset[str] = frozenset()
+) -> tuple[list[str], list[str]]:
+    """(run keys, printable lines) of the study's runs that failed every attempt, with where and why;
+    ``skip``: failed trials that ``--retry-failed`` ran again."""
     keys, lines = [], []
     for r in store.runs(study_name, status="failed"):
+        if r.run_key in skip:
+            continue
         keys.append(r.run_key)
         where = getattr(r, "node_host", None)
         error = [ln.strip() for ln in (r.error or "").splitlines() if ln.strip()]
