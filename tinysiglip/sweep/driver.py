@@ -89,6 +89,23 @@ def run_sweep(
 def _run(
     study, options: SweepOptions, target, signals: StopSignals, t0: float, ensure_caches, teacher_metrics
 ):
+    """The study database (tables created under a lock) and this driver's lease on the study, taken
+    before Ray starts: a second driver is refused at once."""
+    url = study.storage_url
+    with schema_creation_lock(url):
+        store = open_store(url)
+        storage = optuna_storage(url)
+    try:
+        with DriverLease(store, study.name, options.echo):
+            return _with_ray(
+                study, options, target, signals, t0, store, storage, ensure_caches, teacher_metrics
+            )
+    finally:
+        store.close()
+
+
+def _with_ray(study, options, target, signals, t0, store, storage, ensure_caches, teacher_metrics):
+    import optuna
     import ray
 
     from tinysiglip.sweep.runner import start_ray
@@ -97,39 +114,20 @@ def _run(
     started_ray = start_ray(study, options, target)
     signals.install()  # again: Ray's core worker installs its own SIGTERM handler (abort + stack dump)
     ray_start_s = time.time() - t_ray
-    try:
-        if target.attach:  # the cluster's nodes, before anything is written
-            check_resources(study, nodes=ray.nodes())
-        return _sweep(study, options, signals, t0, ray_start_s, ensure_caches, teacher_metrics)
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
-def _sweep(study, options, signals, t0, ray_start_s, ensure_caches, teacher_metrics) -> SweepSummary:
-    import optuna
-
-    echo = options.echo
-    url = study.storage_url
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not options.log_to_driver:  # failures are recorded in the database and echoed in one line
         import logging
 
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-
-    # 1. the study database (its tables created under a lock) and this driver's lease on the study;
-    # then one Optuna study per cell, the study's row, what a killed driver left
-    with schema_creation_lock(url):
-        store = open_store(url)
-        storage = optuna_storage(url)
     try:
-        with DriverLease(store, study.name, echo):
-            return _in_study(
-                study, options, signals, t0, ray_start_s, store, storage, ensure_caches, teacher_metrics
-            )
+        if target.attach:  # the cluster's nodes, before the study is touched
+            check_resources(study, nodes=ray.nodes())
+        return _in_study(
+            study, options, signals, t0, ray_start_s, store, storage, ensure_caches, teacher_metrics
+        )
     finally:
-        store.close()
+        if started_ray:
+            ray.shutdown()
 
 
 def _in_study(study, options, signals, t0, ray_start_s, store, storage, ensure_caches, teacher_metrics):
