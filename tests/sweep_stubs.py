@@ -63,9 +63,10 @@ def stub_train(config: dict, *, run_dir, report=None) -> dict:
         ckpt.write_text(json.dumps(state))
         if report is not None and report(event):
             return {"status": "stopped", "epochs_done": epoch, "val_history": state["val_history"]}
-    test = None
+    test = ranks = None
     if config.get("data", {}).get("test_cache"):
         test = {"i2t_r1": curve(config, epochs), "t2i_r1": curve(config, epochs) / 2}
+        ranks = stub_ranks(test["i2t_r1"], test["t2i_r1"])
     return {
         "status": "complete",
         "error": None,
@@ -74,10 +75,22 @@ def stub_train(config: dict, *, run_dir, report=None) -> dict:
         "val_history": state["val_history"],
         "val_metrics": state["val_history"][-1]["metrics"],
         "test_metrics": test,
+        "test_ranks": ranks,
         "param_counts": {"image_tower": 1, "text_tower": 2, "heads": 0, "total": 3},
         "wall_time_s": time.time() - started,
         "device": "cpu",
         "config": config,
+    }
+
+
+def stub_ranks(i2t_r1: float, t2i_r1: float, num_images: int = 100) -> dict:
+    """Per-query ranks of 100 images with 2 captions each whose R@1 is the given percentages."""
+    hit_images = round(i2t_r1 / 100 * num_images)
+    hit_texts = round(t2i_r1 / 100 * 2 * num_images)
+    return {
+        "image_ranks": [0] * hit_images + [5] * (num_images - hit_images),
+        "text_ranks": [0] * hit_texts + [9] * (2 * num_images - hit_texts),
+        "caption_image": [i // 2 for i in range(2 * num_images)],
     }
 
 

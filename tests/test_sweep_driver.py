@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tinysiglip.results.ranks import load_ranks
 from tinysiglip.results.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +156,10 @@ def check_db(url: str, trials: int, seeds=(0, 1)):
         assert sorted(r.seed for r in finals) == list(seeds)
         assert all(r.status == "complete" and r.test_metrics for r in finals)
         assert all(r.source_trial_number == ostudy.best_trial.number for r in finals)
+        stored = load_ranks(store, "stubstudy").runs  # the per-query ranks of each final run
+        for r in finals:
+            ranks = stored[(cell, r.seed)]
+            assert 100 * (ranks.image_ranks < 1).mean() == pytest.approx(r.test_metrics["i2t_r1"], abs=0.5)
     return store, runs
 
 
@@ -272,3 +277,11 @@ def test_shipped_study_local_smallest_budget(tmp_path, study_file, tiny_world_en
     for r in finals:
         assert Path(r.student_path).is_relative_to(run_dir / "ray"), r.student_path
         assert (Path(r.student_path) / "model.safetensors").is_file()
+    study_name = finals[0].study_name
+    ranks = load_ranks(store, study_name)  # per-query test ranks of every final run and teacher
+    assert sorted(ranks.runs) == sorted((r.cell, r.seed) for r in finals)
+    assert set(ranks.teachers) == {t.cell for t in store.teacher_metrics(study_name) if t.split == "test"}
+    for r in finals:
+        assert 100 * (ranks.runs[(r.cell, r.seed)].text_ranks < 1).mean() == pytest.approx(
+            r.test_metrics["t2i_r1"]
+        )

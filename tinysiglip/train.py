@@ -32,7 +32,7 @@ from tinysiglip.checkpoint import (
     set_aside,
 )
 from tinysiglip.config.training import DEFAULT_CONFIG, ConfigError, load_config_file, resolve_config
-from tinysiglip.evaluate import retrieval_metrics
+from tinysiglip.evaluate import recall_at_k, retrieval_ranks
 from tinysiglip.losses import DistillationLoss, LossWeights
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "encode_cache",
     "evaluate_student",
+    "evaluate_student_ranks",
     "load_config_file",
     "resolve_config",
     "run_training",
@@ -140,11 +141,25 @@ def encode_cache(
 
 def evaluate_student(model: torch.nn.Module, cache_path: str | Path, **kwargs: Any) -> dict[str, float]:
     """Recall@1/5/10 both ways on a cache, plus ``mean_r1`` (the default objective)."""
+    return evaluate_student_ranks(model, cache_path, **kwargs)[0]
+
+
+def evaluate_student_ranks(
+    model: torch.nn.Module, cache_path: str | Path, **kwargs: Any
+) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """``evaluate_student``'s metrics and the per-query ranks they come from (one similarity product):
+    ``{"image_ranks", "text_ranks", "caption_image"}`` as lists, for the paired bootstrap."""
     images, texts, owner = encode_cache(model, cache_path, **kwargs)
     device = kwargs.get("device", "cpu")  # the similarity products run there (seconds on a CPU)
-    metrics = retrieval_metrics(images.to(device), texts.to(device), owner)
+    image_ranks, text_ranks = retrieval_ranks(images.to(device), texts.to(device), owner)
+    metrics = recall_at_k(image_ranks, text_ranks)
     metrics["mean_r1"] = (metrics["i2t_r1"] + metrics["t2i_r1"]) / 2
-    return metrics
+    ranks = {
+        "image_ranks": image_ranks.tolist(),
+        "text_ranks": text_ranks.tolist(),
+        "caption_image": np.asarray(owner).tolist(),
+    }
+    return metrics, ranks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,11 +580,11 @@ def _load_checkpoint(run: TrainingRun) -> bool:
 def _test_and_export(run: TrainingRun) -> None:
     """A complete run: Recall@K on the test cache (final runs have one) and the exported student."""
     test_cache = run.config["data"].get("test_cache")
-    run.result["test_metrics"] = (
-        evaluate_student(run.model, test_cache, device=run.device, autocast=run.use_bf16)
-        if test_cache
-        else None
-    )
+    run.result["test_metrics"] = run.result["test_ranks"] = None
+    if test_cache:
+        run.result["test_metrics"], run.result["test_ranks"] = evaluate_student_ranks(
+            run.model, test_cache, device=run.device, autocast=run.use_bf16
+        )
     _export_student(run.model, run.run_dir, run.config, run.train_cache)
 
 
@@ -585,7 +600,11 @@ def _finish(run: TrainingRun, status: str, error: str | None = None) -> dict[str
         val_metrics=history[-1]["metrics"] if history else None,
         wall_time_s=run.elapsed(),
     )
-    (run.run_dir / "result.json").write_text(json.dumps(run.result, indent=2, default=str))
+    saved = {k: v for k, v in run.result.items() if k != "test_ranks"}
+    (run.run_dir / "result.json").write_text(json.dumps(saved, indent=2, default=str))
+    ranks = run.result.get("test_ranks")
+    if ranks:  # beside it, compact: the per-query ranks of the test split
+        np.savez(run.run_dir / "test_ranks.npz", **{k: np.asarray(v, np.int32) for k, v in ranks.items()})
     return run.result
 
 

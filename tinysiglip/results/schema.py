@@ -55,6 +55,12 @@ they never collide with Optuna's:
 ``tsl_leases``  one row per study while a sweep driver runs it (:mod:`.leases`)
     study_name (primary key), holder (``host:pid:token``), host, pid, acquired_at, heartbeat_at (Unix
     seconds), ttl_s (a lease without heartbeat for longer is stale).
+``tsl_query_ranks``  per-query retrieval ranks of a final run (or of a teacher reference) on a split
+    id, run_id (-> tsl_runs.id) or teacher_metrics_id (-> tsl_teacher_metrics.id), split, num_images,
+    num_texts, image_ranks, text_ranks, caption_image (``.npy`` bytes of int32 arrays: the rank of each
+    image's first correct caption, of each caption's image, and each caption's image), created_at.
+    Added after the first release: a database made before it gets the table on its next open for
+    writing; readers treat a missing table as "no ranks" (:mod:`.ranks`).
 
 The store's read methods (:mod:`.store`) return plain frozen dataclasses (:class:`StudyRecord`,
 :class:`RunRecord`, :class:`EvaluationRecord`, :class:`TeacherMetricsRecord`); ``dataclasses.asdict``
@@ -68,7 +74,18 @@ import dataclasses
 import datetime as _dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -80,6 +97,7 @@ __all__ = [
     "ForecastRecord",
     "ForecastRow",
     "LeaseRow",
+    "QueryRanksRow",
     "RunRecord",
     "RunRow",
     "StudyRecord",
@@ -219,6 +237,25 @@ class LeaseRow(Base):
     acquired_at: Mapped[float] = mapped_column(Float, nullable=False)
     heartbeat_at: Mapped[float] = mapped_column(Float, nullable=False)
     ttl_s: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class QueryRanksRow(Base):
+    """Per-query ranks for the paired bootstrap (:mod:`.bootstrap`): a difference between runs can be
+    recomputed from the database without the models. One row per (run, split) or (teacher, split)."""
+
+    __tablename__ = "tsl_query_ranks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("tsl_runs.id", ondelete="CASCADE"), index=True)
+    teacher_metrics_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tsl_teacher_metrics.id", ondelete="CASCADE"), index=True
+    )
+    split: Mapped[str] = mapped_column(String(64), nullable=False)
+    num_images: Mapped[int] = mapped_column(Integer, nullable=False)
+    num_texts: Mapped[int] = mapped_column(Integer, nullable=False)
+    image_ranks: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    text_ranks: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    caption_image: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 TABLE_NAMES = tuple(sorted(Base.metadata.tables))

@@ -227,11 +227,11 @@ def record_teacher_reference(
         if path is None:
             continue
         try:
-            metrics, tparams = metrics_fn(path)
+            metrics, tparams, *ranks = metrics_fn(path)  # a third item: QueryRanks for the bootstrap
         except Exception as exc:  # noqa: BLE001 - the reference is informative, never fatal
             echo(f"  warning: teacher metrics for {c.name} failed: {exc}")
             continue
-        store.record_teacher_metrics(
+        record = store.record_teacher_metrics(
             study_name=study.name,
             cell=c.name,
             teacher_source=study.teachers[c.teacher].effective_source
@@ -243,6 +243,10 @@ def record_teacher_reference(
             cache_path=path,
             cache_fingerprint=json.dumps(fingerprints.get((c.teacher, c.dataset, "test")), default=str),
         )
+        if ranks and ranks[0] is not None:
+            from tinysiglip.results.ranks import save_teacher_ranks
+
+            save_teacher_ranks(store, record.id, ranks[0])
 
 
 def _fingerprint(path: Path) -> dict:
@@ -259,17 +263,20 @@ def _fingerprint(path: Path) -> dict:
     return out
 
 
-def teacher_reference_metrics(path: Path) -> tuple[dict, dict]:
-    """Retrieval metrics of the teacher's own cached test embeddings, and the teacher's parameter counts."""
+def teacher_reference_metrics(path: Path) -> tuple[dict, dict, Any]:
+    """Retrieval metrics of the teacher's own cached test embeddings, the teacher's parameter counts,
+    and the per-query ranks the metrics come from (``QueryRanks``)."""
     from tinysiglip.cache import open_cache
-    from tinysiglip.evaluate import retrieval_metrics
+    from tinysiglip.evaluate import recall_at_k, retrieval_ranks
+    from tinysiglip.results.ranks import QueryRanks
 
     cache = open_cache(path)
-    metrics = retrieval_metrics(cache.image_embeds(), cache.text_embeds(), cache.caption_image_index())
+    owner = cache.caption_image_index()
+    image_ranks, text_ranks = retrieval_ranks(cache.image_embeds(), cache.text_embeds(), owner)
     params = cache.meta.get("teacher_params") or cache.meta.get("teacher_param_counts") or {}
     if not isinstance(params, dict):
         params = {"total": params}
-    return dict(metrics), params
+    return recall_at_k(image_ranks, text_ranks), params, QueryRanks(image_ranks, text_ranks, owner)
 
 
 def _default_ensure_caches(study):

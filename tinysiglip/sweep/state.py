@@ -418,12 +418,25 @@ class SweepState:
                 self.store.finish_run(
                     a.run_id, "complete", objective=objective, test_metrics=res.get("test_metrics"), **common
                 )
+                self._save_test_ranks(a, res.get("test_ranks"))
                 tm = res.get("test_metrics") or {}
                 shown = ", ".join(f"{k}={v:.2f}" for k, v in tm.items() if isinstance(v, (int, float)))
                 self.echo(f"  [{a.cell}] final seed {a.seed}: COMPLETE test {shown or '(no test metrics)'}")
             else:
                 self.store.finish_run(a.run_id, "failed", error=err_text, **common)
                 self.echo(f"  [{a.cell}] final seed {a.seed}: FAILED: {_last_line(err_text)}")
+
+    def _save_test_ranks(self, a: Active, payload: dict | None) -> None:
+        """A final run's per-query test ranks, for the report's paired bootstrap (informative: a bad
+        payload is a warning, the run stays complete)."""
+        if not payload:
+            return
+        from tinysiglip.results.ranks import QueryRanks, save_run_ranks
+
+        try:
+            save_run_ranks(self.store, a.run_id, QueryRanks.from_payload(payload))
+        except (ValueError, TypeError) as exc:
+            self.echo(f"  warning: [{a.cell}] final seed {a.seed}: test ranks not stored: {exc}")
 
     def _backfill(self, a: Active, ev: dict, recorded: set) -> None:
         try:
