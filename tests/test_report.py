@@ -156,9 +156,54 @@ def test_table2_matches_database(report, study_db):
     expected = (float(a1["i2t_r1_mean"]) + float(a1["t2i_r1_mean"])) / 2 - (
         float(a5["i2t_r1_mean"]) + float(a5["t2i_r1_mean"])
     ) / 2
-    assert float(a1["delta_mean"]) == pytest.approx(expected)
+    # the runs stored per-query ranks: the delta is the bootstrap's, with its bounds in the CSV
+    assert float(a1["delta"]) == pytest.approx(expected)
+    assert float(a1["delta_low"]) <= float(a1["delta"]) <= float(a1["delta_high"]) < 0
     text = (report / "table2_ablation.md").read_text()
     assert "(n=2)" in text and " ± " in text and "Full method = A5" in text
+
+
+def test_every_printed_difference_has_an_interval(report):
+    """Stub ranks: A1 hits 6 of 100 images, A3 and A5 the same 30: A1 - A5 is clearly negative,
+    A3 - A5 exactly 0 (identical ranks give an interval of exactly 0, unmarked)."""
+    rows = {r[1]: r for r in md_rows(report / "table2_ablation.md")}
+    assert rows["A1"][5].startswith("-18.0 [") and rows["A1"][5].endswith("]*")
+    assert rows["A1"][6].startswith("-24.0 [") and rows["A1"][6].endswith("]*")  # Δ I2T R@1
+    assert rows["A3"][5] == "+0.0 [+0.0, +0.0]"
+    assert rows["A5"][8].startswith("[") and " / [" in rows["A5"][8]  # its own R@1 intervals
+    text = (report / "table2_ablation.md").read_text()
+    assert "paired bootstrap over the 100 test images" in text and "2000 resamples" in text
+    table1 = md_rows(report / "table1_main.md")
+    delta = next(r for r in table1 if r[0] == "Δ distilled − no KD")
+    assert delta[1] in ("A3 − A1", "A5 − A1") and delta[2].startswith("+24.0 [") and delta[2].endswith("*")
+    with (report / "table1_main.csv").open() as f:
+        by_model = {r["model"]: r for r in csv.DictReader(f)}
+    row = by_model["Δ distilled − no KD"]
+    assert float(row["delta_i2t_r1_low"]) <= 24.0 <= float(row["delta_i2t_r1_high"])
+    student = by_model["Student, no KD"]
+    assert float(student["i2t_r1_ci_low"]) <= 6.0 <= float(student["i2t_r1_ci_high"])
+    scaling = md_rows(report / "table_scaling.md")
+    assert [r[3] for r in scaling] == ["B1", "A5"] or [r[3] for r in scaling] == ["A5", "B1"]
+
+
+def test_a_database_without_ranks_gets_standard_errors_and_says_so(study_db, tmp_path):
+    from sqlalchemy import text
+
+    from tinysiglip.results.report import main
+    from tinysiglip.results.store import open_store
+
+    copy = tmp_path / "study.db"
+    shutil.copy(Path(study_db[0].removeprefix("sqlite:///")), copy)
+    store = open_store(f"sqlite:///{copy}", create=False)
+    with store.engine.begin() as c:
+        c.execute(text("drop table tsl_query_ranks"))  # a database made before ranks were stored
+    out = tmp_path / "rep"
+    assert main(["--storage", f"sqlite:///{copy}", "--study", STUDY_NAME, "--out", str(out)]) == 0
+    rows = {r[1]: r for r in md_rows(out / "table2_ablation.md")}
+    assert " ± " in rows["A1"][5] and "[" not in rows["A1"][5]
+    assert "No 95% intervals" in (out / "table2_ablation.md").read_text()
+    with (out / "table2_ablation.csv").open() as f:
+        assert "delta_mean" in next(csv.reader(f))
 
 
 def test_table1_teacher_nokd_best(report):

@@ -34,6 +34,7 @@ from tinysiglip.results.frames import (
     load_teachers,
     reading,
 )
+from tinysiglip.results.ranks import load_ranks
 
 __all__ = [
     "LOSS_TERMS",
@@ -243,6 +244,8 @@ class StudyData:
     scaling: list[CellData] = field(default_factory=list)
     architecture: list[CellData] = field(default_factory=list)
     forecast: Any = None  # the latest tsl_forecasts record (ForecastRecord), if one was made
+    ranks: Any = None  # StudyRanks: stored per-query test ranks (tinysiglip.results.ranks)
+    intervals: Any = None  # StudyIntervals, computed on first use (tinysiglip.results.intervals)
 
     def cell(self, name: str) -> CellData:
         for c in self.cells:
@@ -303,6 +306,7 @@ def study_report_data(storage: StorageLike, study_name: str) -> StudyData:
         curves = load_curves(store, study_name)
         teachers = load_teachers(store, study_name)
         forecast = store.latest_forecast(study_name)
+        ranks = load_ranks(store, study_name)
         url = store.url
     settings = dict(record.settings or {}) if record else {}
     objective = settings.get("objective") or {}
@@ -334,6 +338,7 @@ def study_report_data(storage: StorageLike, study_name: str) -> StudyData:
         cost_total=total,
         use_gpu_hours=float(total.get("gpu_hours") or 0.0) > 0.0,
         forecast=forecast,
+        ranks=ranks,
     )
     _assign_roles(data)
     return data

@@ -20,7 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinysiglip.results.bootstrap import Interval
+from tinysiglip.results.differences import delta as _delta
+from tinysiglip.results.differences import reference_differences, table1_differences
 from tinysiglip.results.escaping import markdown_text, one_line
+from tinysiglip.results.intervals import (
+    CI_CSV_KEYS,
+    CI_HEADER,
+    DELTA_CSV_KEYS,
+    difference_cells,
+    interval_cells,
+    intervals_for,
+    teacher_group,
+)
 from tinysiglip.results.report_data import METRIC_KEYS, CellData, Stat, StudyData, search_param_names
 
 __all__ = ["METRIC_HEADERS", "Table", "build_tables"]
@@ -52,7 +64,7 @@ class Table:
     # ---------------------------------------------------------------- rendering
     @staticmethod
     def _text(v: Any) -> str:
-        if isinstance(v, Stat):
+        if isinstance(v, (Stat, Interval)):
             return v.fmt()
         if v is None:
             return "—"
@@ -77,11 +89,14 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def csv_rows(self) -> tuple[list[str], list[list[Any]]]:
+        """Stat columns become ``_mean, _std, _n``; interval columns ``k, k_low, k_high``."""
         keys = [k for k, _ in self.columns] + [k for k in self.csv_extra if k not in dict(self.columns)]
         header: list[str] = []
         for k in keys:
             if any(isinstance(r.get(k), Stat) for r in self.rows):
                 header += [f"{k}_mean", f"{k}_std", f"{k}_n"]
+            elif any(isinstance(r.get(k), Interval) for r in self.rows):
+                header += [k, f"{k}_low", f"{k}_high"]
             else:
                 header.append(k)
         out = []
@@ -91,6 +106,8 @@ class Table:
                 v = r.get(k)
                 if any(isinstance(x.get(k), Stat) for x in self.rows):
                     line += [v.mean, v.std, v.n] if isinstance(v, Stat) else [None, None, None]
+                elif any(isinstance(x.get(k), Interval) for x in self.rows):
+                    line += _interval_csv(v)
                 elif isinstance(v, (list, tuple)):
                     line.append(" ".join(map(str, v)))
                 else:
@@ -157,6 +174,14 @@ _LATEX_SYMBOLS = (
 )
 
 
+def _interval_csv(v: Any) -> list[Any]:
+    if isinstance(v, Interval):
+        return [v.estimate, v.low, v.high]
+    if isinstance(v, Stat):  # a standard-error delta where no ranks were stored
+        return [v.mean, None, None]
+    return [None if v in (None, "-") else v, None, None]
+
+
 def _flag_name(c: CellData) -> str:
     return f"{c.name}{DAGGER}" if c.flagged else c.name
 
@@ -192,9 +217,10 @@ def table1(data: StudyData) -> Table | None:
     if data.no_kd is None or data.best_distilled is None:
         return None
     cols = [("model", "Model"), ("cell", "Cell")]
-    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [("params", "Params")]
+    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [("r1_ci", CI_HEADER), ("params", "Params")]
     rows = []
     notes = []
+    intervals = intervals_for(data)
     teacher = data.teacher_for(data.best_distilled)
     if teacher is not None:
         rows.append(
@@ -202,6 +228,7 @@ def table1(data: StudyData) -> Table | None:
                 "model": f"Teacher ({teacher.source})",
                 "cell": "—",
                 **{m: _teacher_value(teacher.metrics.get(m)) for m in METRIC_KEYS},
+                **interval_cells(intervals.of(teacher_group(data.best_distilled))),
                 "params": _params_m(Stat((teacher.params_total,))) if teacher.params_total else None,
                 "params_total": teacher.params_total,
                 "runs": "tsl_teacher_metrics.id " + " ".join(map(str, teacher.teacher_metrics_ids)),
@@ -221,6 +248,7 @@ def table1(data: StudyData) -> Table | None:
                 "model": label,
                 "cell": _flag_name(c),
                 **{m: c.metrics[m] for m in METRIC_KEYS},
+                **interval_cells(intervals.of(c.name)),
                 "params": _params_m(c.params["total"]),
                 "params_total": c.params["total"].mean,
                 "params_image": c.params["image_tower"].mean,
@@ -229,6 +257,7 @@ def table1(data: StudyData) -> Table | None:
                 "runs": c.final_ids,
             }
         )
+    rows += table1_differences(data, with_teacher=teacher is not None)
     split = [
         f"{c.name}: image {_params_m(c.params['image_tower'])}, text {_params_m(c.params['text_tower'])}, "
         f"heads {_params_m(c.params['heads'])}"
@@ -241,6 +270,7 @@ def table1(data: StudyData) -> Table | None:
         f"No KD = cell whose config has loss.feat = loss.affinity = 0 ({data.no_kd.name})."
     )
     notes.append(_spread_note(data))
+    notes.append(intervals.note())
     notes += _flag_notes([data.no_kd, data.best_distilled])
     return Table(
         "table1_main",
@@ -249,42 +279,20 @@ def table1(data: StudyData) -> Table | None:
         rows,
         notes,
         _ids([data.no_kd, data.best_distilled]),
-        csv_extra=["params_total", "params_image", "params_text", "params_heads", "runs"],
+        csv_extra=[
+            *CI_CSV_KEYS,
+            *DELTA_CSV_KEYS,
+            "params_total",
+            "params_image",
+            "params_text",
+            "params_heads",
+            "runs",
+        ],
     )
 
 
 def _teacher_value(v: Any) -> str | None:
     return None if v is None else f"{float(v):.1f}"
-
-
-def _delta(a: Stat, b: Stat) -> Stat | None:
-    """a - b with the standard error of the difference as its spread (n = min(n_a, n_b))."""
-    if a.mean is None or b.mean is None:
-        return None
-    return _DeltaStat(a.mean - b.mean, ((a.std**2) / a.n + (b.std**2) / b.n) ** 0.5, min(a.n, b.n))
-
-
-class _DeltaStat(Stat):
-    def __init__(self, value: float, se: float, n: int):
-        object.__setattr__(self, "values", (value,))
-        object.__setattr__(self, "run_ids", ())
-        object.__setattr__(self, "_se", se)
-        object.__setattr__(self, "_n", n)
-
-    @property
-    def mean(self) -> float:
-        return self.values[0]
-
-    @property
-    def std(self) -> float:
-        return self._se
-
-    @property
-    def n(self) -> int:
-        return self._n
-
-    def fmt(self, digits: int = 1, *, with_n: bool = False) -> str:
-        return f"{self.mean:+.{digits}f} ± {self.std:.{digits}f}"
 
 
 def table2(data: StudyData) -> Table | None:
@@ -298,10 +306,15 @@ def table2(data: StudyData) -> Table | None:
         ("i2t_r1", "I2T R@1"),
         ("t2i_r1", "T2I R@1"),
         ("delta", "Δ mean R@1 vs full"),
+        ("delta_i2t_r1", "Δ I2T R@1"),
+        ("delta_t2i_r1", "Δ T2I R@1"),
+        ("r1_ci", CI_HEADER),
     ]
     rows = []
+    intervals = intervals_for(data)
     cells = sorted(data.ablation, key=lambda c: (not c.is_full, c.name))
     for c in cells:
+        diff = None if c is full else intervals.diff(c.name, full.name)
         rows.append(
             {
                 "strategy": c.strategy,
@@ -313,16 +326,22 @@ def table2(data: StudyData) -> Table | None:
                 "delta": "-" if c is full else _delta(c.metrics["mean_r1"], full.metrics["mean_r1"]),
                 "delta_i2t_r1": None if c is full else _delta(c.metrics["i2t_r1"], full.metrics["i2t_r1"]),
                 "delta_t2i_r1": None if c is full else _delta(c.metrics["t2i_r1"], full.metrics["t2i_r1"]),
+                **difference_cells(diff),
+                **interval_cells(intervals.of(c.name)),
                 "runs": c.final_ids,
             }
         )
+        if c is full:
+            rows[-1].update(delta_i2t_r1="-", delta_t2i_r1="-")
     notes = [
         f"Full method = {full.name}, the cell whose config has loss.feat, loss.affinity and loss.contrast "
         f"all > 0 (teacher {full.teacher_source}, student {full.student}); the ablation cells share its "
         "teacher and student and differ in which losses are on.",
-        "Δ = (mean of (I2T R@1 + T2I R@1)/2) minus the full method's; ± is the standard error of the "
-        "difference, sqrt(s_a²/n_a + s_b²/n_b). The CSV also has the per-direction deltas.",
+        "Δ = a cell's R@1 minus the full method's (mean R@1 = (I2T + T2I)/2), with its 95% interval "
+        "where the runs stored ranks; otherwise ± is the standard error of the difference of seed means, "
+        "sqrt(s_a²/n_a + s_b²/n_b).",
         _spread_note(data),
+        intervals.note(),
         *_flag_notes(cells),
     ]
     return Table(
@@ -332,7 +351,7 @@ def table2(data: StudyData) -> Table | None:
         rows,
         notes,
         _ids(cells),
-        csv_extra=["description", "delta_i2t_r1", "delta_t2i_r1", "runs"],
+        csv_extra=["description", *CI_CSV_KEYS, "runs"],
     )
 
 
@@ -353,11 +372,22 @@ def _cell_row(data: StudyData, c: CellData) -> dict[str, Any]:
         "teacher_params": t.params_total if t else None,
         "teacher_i2t_r1": _teacher_value(t.metrics.get("i2t_r1")) if t else None,
         "teacher_t2i_r1": _teacher_value(t.metrics.get("t2i_r1")) if t else None,
+        **interval_cells(intervals_for(data).of(c.name)),
         "runs": c.final_ids,
     }
 
 
-_EXTRA = ["params_total", "params_image", "params_text", "runs"]
+_EXTRA = ["params_total", "params_image", "params_text", *CI_CSV_KEYS, *DELTA_CSV_KEYS, "runs"]
+_REFERENCE_COLUMNS = [("r1_ci", CI_HEADER), ("reference", "Compared with"), ("delta", "Δ mean R@1")]
+
+
+def _compared_rows(data: StudyData, table: list[CellData]) -> list[dict[str, Any]]:
+    """Rows of a scaling/architecture table, each with its own intervals and Δ from its reference."""
+    return [_cell_row(data, c) | reference_differences(data, c, table) for c in table]
+
+
+def _compared_note(data: StudyData, reference: str) -> str:
+    return f"Δ mean R@1: a cell minus {reference}. " + intervals_for(data).note()
 
 
 def table_scaling(data: StudyData) -> Table | None:
@@ -370,11 +400,13 @@ def table_scaling(data: StudyData) -> Table | None:
         ("cell", "Cell"),
         ("i2t_r1", "I2T R@1"),
         ("t2i_r1", "T2I R@1"),
+        *_REFERENCE_COLUMNS,
         ("params", "Student params"),
     ]
-    rows = [_cell_row(data, c) for c in data.scaling]
+    rows = _compared_rows(data, data.scaling)
     notes = [
         "Scaling: full-method cells (all three losses on), teacher × student.",
+        _compared_note(data, "the cell of the same student with the smallest teacher"),
         _spread_note(data),
         *_flag_notes(data.scaling),
     ]
@@ -393,10 +425,11 @@ def table_architecture(data: StudyData) -> Table | None:
     if not data.architecture:
         return None
     cols = [("student", "Student"), ("cell", "Cell")]
-    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [("params", "Params")]
-    rows = [_cell_row(data, c) for c in data.architecture]
+    cols += [(m, METRIC_HEADERS[m]) for m in METRIC_KEYS] + [*_REFERENCE_COLUMNS, ("params", "Params")]
+    rows = _compared_rows(data, data.architecture)
     notes = [
         f"Architectures: full-method cells of teacher {data.architecture[0].teacher_source}.",
+        _compared_note(data, f"the first cell ({data.architecture[0].name})"),
         _spread_note(data),
         *_flag_notes(data.architecture),
     ]
