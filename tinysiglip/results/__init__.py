@@ -34,6 +34,9 @@ from tinysiglip.results.store import (
 )
 
 _LAZY = {
+    "QueryRanks": "ranks",
+    "bootstrap_recall": "bootstrap",
+    "load_ranks": "ranks",
     "cost_summary": "frames",
     "load_curves": "frames",
     "load_runs": "frames",
@@ -48,15 +51,18 @@ __all__ = [
     "RUN_STATUSES",
     "TABLE_NAMES",
     "EvaluationRecord",
+    "QueryRanks",
     "RunRecord",
     "StoreError",
     "StudyData",
     "StudyRecord",
     "StudyStore",
     "TeacherMetricsRecord",
+    "bootstrap_recall",
     "cost_summary",
     "default_sqlite_url",
     "load_curves",
+    "load_ranks",
     "load_runs",
     "load_teachers",
     "open_existing",

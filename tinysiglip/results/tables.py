@@ -9,7 +9,9 @@ Which cells play which role is decided from their configs (see :mod:`tinysiglip.
   (the best trial's λ per cell) and ``table_cost`` (trials, pruning, epochs saved, GPU/CPU-hours).
 
 Every figure is a mean over the final runs' seeds with its spread, "62.4 ± 0.8 (n=3)"; the CSV has
-``_mean``, ``_std`` and ``_n`` columns. A cell with fewer complete final runs than the study's seeds, or
+``_mean``, ``_std`` and ``_n`` columns. Where the final runs stored per-query test ranks, each row also
+has its R@1 95% interval and every difference is "Δ [low, high]" with * when the interval excludes 0
+(paired bootstrap over test images, :mod:`.intervals`); the CSV has ``k``, ``k_low``, ``k_high``. A cell with fewer complete final runs than the study's seeds, or
 with failed final runs, is marked † with a footnote. Each table lists the ``tsl_runs.id`` it used.
 """
 
