@@ -107,4 +107,8 @@ def stub_caches(study, progress=True):
 
 
 def stub_teacher_metrics(path):
-    return {"i2t_r1": 50.0, "t2i_r1": 40.0}, {"total": 1000}
+    """The teacher reference: metrics, parameter counts and (optional third item) per-query ranks."""
+    from tinysiglip.results.ranks import QueryRanks
+
+    ranks = QueryRanks.from_payload(stub_ranks(50.0, 40.0))
+    return {"i2t_r1": 50.0, "t2i_r1": 40.0}, {"total": 1000}, ranks

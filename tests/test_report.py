@@ -178,6 +178,10 @@ def test_every_printed_difference_has_an_interval(report):
     assert delta[1] in ("A3 − A1", "A5 − A1") and delta[2].startswith("+24.0 [") and delta[2].endswith("*")
     with (report / "table1_main.csv").open() as f:
         by_model = {r["model"]: r for r in csv.DictReader(f)}
+    teacher = next(r for r in table1 if r[0].startswith("Teacher"))
+    assert teacher[8].startswith("[") and " / [" in teacher[8]  # the teacher's own R@1 intervals
+    above = next(r for r in table1 if r[0] == "Δ teacher − distilled")
+    assert above[2].startswith("+20.0 [") and above[5].startswith("+25.0 [") and above[5].endswith("*")
     row = by_model["Δ distilled − no KD"]
     assert float(row["delta_i2t_r1_low"]) <= 24.0 <= float(row["delta_i2t_r1_high"])
     student = by_model["Student, no KD"]
