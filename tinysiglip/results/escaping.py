@@ -16,7 +16,10 @@ __all__ = ["html_text", "markdown_text", "one_line"]
 # Unicode categories that break a line or hide text: controls, format characters, line/paragraph
 # separators (YAML and Markdown also break lines at U+0085, U+2028 and U+2029).
 _UNSAFE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
-_MARKDOWN_SPECIAL = "\\`[]|"
+_MARKDOWN_SPECIAL = "\\`|"
+# A link, image or reference definition needs "](", "][" or "]:"; a bracket before anything else stays
+# as typed, so intervals such as "[-1.2, +3.4]" read as they are.
+_LINK_AFTER_BRACKET = "([:"
 
 
 def one_line(text: object, *, visible: bool = True) -> str:
@@ -42,7 +45,8 @@ def one_line(text: object, *, visible: bool = True) -> str:
 
 def markdown_text(text: object) -> str:
     """Text for a Markdown table cell or paragraph: one line, no tag or entity (``<`` ``>`` ``&x`` escaped),
-    no link or image (``[`` ``]`` escaped), no code span, no cell break (``|``)."""
+    no link, image or reference definition (a ``]`` before ``(``, ``[`` or ``:`` escaped), no code span,
+    no cell break (``|``)."""
     s = one_line(text, visible=False)
     out = []
     for i, ch in enumerate(s):
@@ -52,6 +56,8 @@ def markdown_text(text: object) -> str:
             out.append("&lt;")
         elif ch == ">":
             out.append("&gt;")
+        elif ch == "]" and s[i + 1 : i + 2] and s[i + 1] in _LINK_AFTER_BRACKET:
+            out.append("\\]")
         elif ch in _MARKDOWN_SPECIAL:
             out.append("\\" + ch)
         else:
