@@ -310,6 +310,15 @@ def test_cli_study_file_and_errors(study_db, tmp_path, capsys):
     assert "Table 2" in printed and str(out / "report.md") in printed
     assert main(["--storage", url, "--study", "nope"]) == 2
     assert "no study nope" in capsys.readouterr().err
+    # a study run with --storage (a cluster's PostgreSQL): the study from the file, the database from the URL
+    assert main(["--study-file", str(study_file), "--storage", url, "--out", str(tmp_path / "r2")]) == 0
+    assert (tmp_path / "r2" / "report.md").is_file()
+    assert (
+        main(["--study-file", str(study_file), "--storage", url + ".other", "--out", str(tmp_path / "r3")])
+        == 2
+    )
+    assert main(["--out", str(tmp_path / "r4")]) == 2
+    assert "--storage URL, --study-file STUDY.yaml, or both" in capsys.readouterr().err
 
 
 def test_python_m_entry_points():

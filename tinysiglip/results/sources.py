@@ -31,20 +31,26 @@ def default_out_dir(url: str, what: str, study: str, *, multi: bool) -> Path:
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
     """Where the study database is: a URL, or a study file (its storage, as `--local` would use it)."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--storage", metavar="URL", help="study database (SQLAlchemy URL or SQLite path)")
-    src.add_argument("--study-file", metavar="STUDY.yaml", help="take the storage URL and study name from it")
+    p.add_argument("--storage", metavar="URL", help="study database (SQLAlchemy URL or SQLite path)")
+    p.add_argument(
+        "--study-file",
+        metavar="STUDY.yaml",
+        help="take the study name and (unless --storage names another) the storage URL from it",
+    )
     p.add_argument("--local", action="store_true", help="with --study-file: the --local world's database")
     p.add_argument("--run-dir", metavar="DIR", help="with --study-file: the run folder it was run with")
     p.add_argument("--study", default=None, metavar="NAME|all", help="study name, or all (default: all)")
 
 
 def resolve_source(args) -> tuple[str, list[str] | None]:
-    """(storage URL, study names or None for all)."""
+    """(storage URL, study names or None for all). With both ``--study-file`` and ``--storage`` (a
+    study run with ``--storage`` on a cluster) the study comes from the file, the database from the URL."""
+    if not args.study_file and not args.storage:
+        raise TinySigLIPError("name the study database: --storage URL, --study-file STUDY.yaml, or both")
     if args.study_file:
         from tinysiglip.sweep.study import load_study
 
-        study = load_study(args.study_file, local=args.local, run_dir=args.run_dir)
+        study = load_study(args.study_file, local=args.local, storage=args.storage, run_dir=args.run_dir)
         names = None if args.study == "all" else [args.study or study.name]
         return study.storage_url, names
     names = None if args.study in (None, "all") else [args.study]

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from tinysiglip.errors import TinySigLIPError
+from tinysiglip.results.db_url import dashboard_command, redact_url, with_password
 from tinysiglip.results.schema import (
     RUN_STATUSES,
     Base,
@@ -51,6 +52,8 @@ __all__ = [
     "optuna_storage",
     "redact_url",
     "schema_creation_lock",
+    "dashboard_command",
+    "with_password",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -59,23 +62,6 @@ SCHEMA_LOCK_KEY = 0x7451_5349_474C  # "tSIGL": the advisory-lock key of table cr
 
 class StoreError(TinySigLIPError):
     """The study database cannot be opened or is inconsistent."""
-
-
-def redact_url(url: str | Any) -> str:
-    """The URL with its password replaced by ``***`` (safe to print or log)."""
-    try:
-        u = make_url(str(url))
-    except Exception:  # not a SQLAlchemy URL: hide anything between ':' and '@' after the scheme
-        text = str(url)
-        if "@" in text and "://" in text:
-            scheme, rest = text.split("://", 1)
-            cred, host = rest.rsplit("@", 1)
-            user = cred.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}" if ":" in cred else text
-        return text
-    if u.password is None:
-        return u.render_as_string(hide_password=False)
-    return u.render_as_string(hide_password=True)
 
 
 def default_sqlite_url(run_dir: str | Path, name: str = "study.db") -> str:
@@ -89,6 +75,7 @@ def _package_version() -> str:
 
 
 def _make_engine(url: str) -> Engine:
+    url = with_password(url)
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
@@ -622,7 +609,7 @@ def schema_creation_lock(url: str | Path) -> Iterator[None]:
     if "://" not in text or make_url(text).get_backend_name() != "postgresql":
         yield
         return
-    engine = create_engine(text, poolclass=NullPool)
+    engine = create_engine(with_password(text), poolclass=NullPool)
     try:
         with engine.connect() as conn:
             conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
@@ -675,7 +662,7 @@ def optuna_storage(url: str):
         kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
     else:
         kwargs = {"pool_pre_ping": True}
-    storage = optuna.storages.RDBStorage(text, engine_kwargs=kwargs)
+    storage = optuna.storages.RDBStorage(with_password(text), engine_kwargs=kwargs)
     if make_url(text).get_backend_name() == "sqlite":
 
         @event.listens_for(storage.engine, "connect")

@@ -31,7 +31,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tinysiglip.results.store import open_store, optuna_storage, redact_url, schema_creation_lock
+from tinysiglip.results.store import (
+    dashboard_command,
+    open_store,
+    optuna_storage,
+    redact_url,
+    schema_creation_lock,
+)
 from tinysiglip.sweep.cluster import check_reachable, resolve_target
 from tinysiglip.sweep.final import queue_final_runs
 from tinysiglip.sweep.lease import DriverLease
@@ -143,7 +149,7 @@ def _in_study(study, options, signals, t0, ray_start_s, store, storage, ensure_c
         check_resume_compatible(study, store, ostudies, options)
     record_study(study, store, options)
     echo(f"study {study.name}: {len(study.cells)} cells, storage {redact_url(url)}, run dir {run_dir}")
-    echo(f"  watch it: optuna-dashboard {redact_url(url)}")
+    echo(f"  watch it: {dashboard_command(url)}")
     reattach = reconcile_left_running(study, store, ostudies)
     if reattach:
         echo(f"  resuming: {len(reattach)} trial(s) left running are re-attached from their checkpoints")
