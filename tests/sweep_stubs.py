@@ -63,6 +63,10 @@ def stub_train(config: dict, *, run_dir, report=None) -> dict:
         ckpt.write_text(json.dumps(state))
         if report is not None and report(event):
             return {"status": "stopped", "epochs_done": epoch, "val_history": state["val_history"]}
+    if os.environ.get("TSL_STUB_RECORD_CACHES"):  # which cache files the trial got, and their content
+        data = config.get("data", {})
+        got = {k: [v, Path(v).read_bytes()[:40].decode()] for k, v in data.items() if k.endswith("_cache")}
+        (run_dir / "caches_read.json").write_text(json.dumps(got))
     test = ranks = None
     if config.get("data", {}).get("test_cache"):
         test = {"i2t_r1": curve(config, epochs), "t2i_r1": curve(config, epochs) / 2}
@@ -101,7 +105,7 @@ def stub_caches(study, progress=True):
     out = {}
     for c in study.caches_needed():
         path = root / f"{c.teacher}-{c.dataset}-{c.split}.h5"
-        path.touch()
+        path.write_bytes(f"{c.teacher}/{c.dataset}/{c.split}\n".encode() * 5000)  # ~100 KB to copy
         out[(c.teacher, c.dataset, c.split)] = path
     return out
 

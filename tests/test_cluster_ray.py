@@ -181,7 +181,8 @@ def _hiding(folder: Path) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
-def test_node_that_cannot_see_the_caches_fails_clearly_and_the_sweep_exits_nonzero(cluster_dir, tmp_path):
+def _sweep_on_a_blind_worker(cluster_dir, tmp_path, study_extra: str = "", **env):
+    """A sweep whose every trial runs on a worker node that sees an empty cache folder."""
     from test_sweep_driver import write_study
 
     run_dir = tmp_path / "run"
@@ -193,10 +194,16 @@ def test_node_that_cannot_see_the_caches_fails_clearly_and_the_sweep_exits_nonze
         study = write_study(tmp_path, trials=1, conc=2)  # custom node2: every trial runs on the worker
         study.write_text(
             study.read_text().replace("cpus_per_trial: 1,", "cpus_per_trial: 1, custom: {node2: 1},")
+            + study_extra
         )
-        p = _sweep(cluster, study, "--run-dir", str(run_dir), "--seeds", "0", *HOOKS)
+        p = _sweep(cluster, study, "--run-dir", str(run_dir), "--seeds", "0", *HOOKS, **env)
     finally:
         cluster.stop()
+    return p, run_dir, caches
+
+
+def test_node_that_cannot_see_the_caches_fails_clearly_and_the_sweep_exits_nonzero(cluster_dir, tmp_path):
+    p, run_dir, caches = _sweep_on_a_blind_worker(cluster_dir, tmp_path)
     out = p.stdout + p.stderr
     assert p.returncode == 1, out
     assert "trial:stubstudy/strong#0" in p.stderr and "trial:stubstudy/flat#0" in p.stderr
@@ -206,6 +213,31 @@ def test_node_that_cannot_see_the_caches_fails_clearly_and_the_sweep_exits_nonze
     for r in runs:
         assert "cannot read the cache(s) this run needs" in r.error
         assert str(caches) in r.error and "shared file system" in r.error
+        assert "stage: node-local" in r.error
+
+
+def test_node_local_staging_lets_a_blind_worker_run_the_study(cluster_dir, tmp_path):
+    stage = tmp_path / "stage"
+    p, run_dir, caches = _sweep_on_a_blind_worker(
+        cluster_dir, tmp_path, f"caches: {{stage: node-local, root: {stage}}}\n", TSL_STUB_RECORD_CACHES="1"
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    runs = open_store(f"sqlite:///{run_dir / 'study.db'}").runs("stubstudy")
+    assert runs and {r.status for r in runs} == {"complete"}, runs
+    # every cache was copied once, from the driver's disk (the worker cannot see it), byte for byte
+    staged = sorted(stage.glob("*/*.h5"))
+    sources = sorted(caches.glob("*.h5"))
+    assert sorted(p.name for p in staged) == sorted(s.name for s in sources)
+    for copy in staged:
+        assert copy.read_bytes() == (caches / copy.name).read_bytes()
+    assert not list(stage.glob("*/*.partial"))
+    for r in runs:  # each run read the staged copies, never the driver's paths
+        got = json.loads((Path(r.run_dir) / "caches_read.json").read_text())
+        assert got and all(Path(path).parent.parent == stage for path, _ in got.values()), got
+        assert all(
+            head == (caches / Path(path).name).read_bytes()[:40].decode() for path, head in got.values()
+        )
 
 
 def _node_id(cluster: LocalCluster, name: str) -> str:

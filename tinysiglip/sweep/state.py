@@ -145,6 +145,22 @@ class SweepState:
                 out[split] = self.fingerprints[key]
         return out
 
+    def _stage_spec(self, cfg: dict) -> dict:
+        """What a trial needs to copy its caches to its node (``caches.stage: node-local``): the
+        driver's node (which serves them through Ray), each cache's fingerprint and size."""
+        import os
+
+        import ray
+
+        caches = {}
+        for key, path in (cfg.get("data") or {}).items():
+            if key.endswith("_cache") and path:
+                fp = next((f for f in self.fingerprints.values() if f.get("path") == str(path)), {})
+                size = os.path.getsize(path) if os.path.exists(path) else None
+                caches[key] = {"fingerprint": fp.get("request_fingerprint"), "size": size}
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return {"root": self.study.cache_stage_root, "source_node": node, "caches": caches}
+
     def _epochs_budget(self, cfg: dict) -> int | None:
         try:
             return int(cfg["train"]["epochs"])
@@ -198,6 +214,8 @@ class SweepState:
 
     def _start(self, trial_id: str, spec: dict, optuna_trial=None) -> dict:
         cell = self.study.cell(spec["cell"])
+        if self.study.cache_stage == "node-local":
+            spec["stage"] = self._stage_spec(spec["train_config"])
         rec = self.store.start_run(
             **self._run_fields(spec),
             optuna_trial_id=spec.get("optuna_trial_id"),

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_TRAIN_FN",
     "CacheNotReadable",
     "check_caches_readable",
+    "stage_run_caches",
     "describe_device",
     "node_identity",
     "TrialDiverged",
@@ -96,7 +97,7 @@ def check_caches_readable(train_config: dict, node: dict) -> None:
     on a node that cannot see them fails deep inside h5py."""
     data = train_config.get("data") or {}
     missing = []
-    for key in ("train_cache", "val_cache", "test_cache"):
+    for key in CACHE_KEYS:
         path = data.get(key)
         if not path or "://" in str(path):
             continue
@@ -112,12 +113,74 @@ def check_caches_readable(train_config: dict, node: dict) -> None:
         raise CacheNotReadable(
             f"node {where} cannot read the cache(s) this run needs: {'; '.join(missing)}. Fix: put the "
             "caches on storage every node mounts at the same path (a shared file system) and point the "
-            "study's cache root there, or copy them to that same path on every node before the sweep."
+            "study's cache root there, or set `caches: {stage: node-local}` in the study file so each node "
+            "copies them to its own disk before its first trial."
         )
 
 
 class CacheNotReadable(RuntimeError):
     """A trial's node cannot read a cache the driver named (not shared with this node)."""
+
+
+CACHE_KEYS = ("train_cache", "val_cache", "test_cache")
+FETCH_CHUNK = 32 << 20  # bytes per Ray task when a node pulls a cache from the driver's disk
+
+
+def _read_range(path: str, offset: int, length: int) -> bytes:
+    """Runs on the driver's node: one piece of a cache file, for a node that cannot see it."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def _pull_from_node(node_id: str, path: str, size: int):
+    """A ``fetch`` for :func:`~tinysiglip.cache.staging.stage_cache`: the file's bytes, read on the
+    driver's node by Ray tasks pinned there (two pieces in flight)."""
+
+    def chunks():
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        read = ray.remote(num_cpus=0, max_retries=3)(_read_range).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+        )
+        offsets = list(range(0, size, FETCH_CHUNK))
+        pending = [read.remote(path, o, FETCH_CHUNK) for o in offsets[:2]]
+        for i in range(len(offsets)):
+            block = ray.get(pending.pop(0))
+            if i + 2 < len(offsets):
+                pending.append(read.remote(path, offsets[i + 2], FETCH_CHUNK))
+            yield block
+
+    return chunks
+
+
+def stage_run_caches(train_config: dict, stage: dict, echo=print) -> dict:
+    """The run's config with every cache path replaced by its node-local copy (``caches.stage:
+    node-local``): copied once per node from the driver's path (directly when this node can read it,
+    else through Ray from the driver's node), verified, reused by later trials on this node."""
+    from tinysiglip.cache.staging import stage_cache
+
+    data = dict(train_config.get("data") or {})
+    for key in CACHE_KEYS:
+        path = data.get(key)
+        if not path:
+            continue
+        info = (stage.get("caches") or {}).get(key) or {}
+        size = info.get("size")
+        fetch = None
+        if stage.get("source_node") and size is not None:
+            fetch = _pull_from_node(stage["source_node"], str(path), int(size))
+        staged = stage_cache(
+            path,
+            fingerprint=info.get("fingerprint"),
+            root=stage.get("root"),
+            size=size,
+            fetch=fetch,
+            echo=echo,
+        )
+        data[key] = str(staged)
+    return {**train_config, "data": data}
 
 
 def _restore_tune_checkpoint(run_dir: str) -> bool:
@@ -170,6 +233,8 @@ def tsl_trainable(config: dict) -> None:
     spec = config["tsl"]
     train_fn = import_function(spec["train_fn"])
     node = node_identity()
+    if spec.get("stage"):
+        spec = {**spec, "train_config": stage_run_caches(spec["train_config"], spec["stage"])}
     check_caches_readable(spec["train_config"], node)
     restored = _restore_tune_checkpoint(spec["run_dir"])
     checkpoint_dir = os.path.join(spec["run_dir"], "checkpoint")

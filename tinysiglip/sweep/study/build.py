@@ -183,6 +183,8 @@ class _Expansion:
             local=self.local,
             budget=settings.budget,
             final_epochs=settings.final_epochs,
+            cache_stage=m.caches.stage,
+            cache_stage_root=m.caches.root,
         )
 
     def _cli_storage(self) -> str | None:

@@ -337,6 +337,20 @@ class LocalResources(Resources):
         return gpus
 
 
+class CacheStaging(StrictModel):
+    """Where trials read the teacher caches from.
+
+    ``shared`` (default): every node reads the driver's cache paths (a shared file system mounted at the
+    same path everywhere). ``node-local``: before a node's first trial each cache is copied once to that
+    node's own disk (read from the driver's path, through Ray when the node cannot see it), verified
+    against the cache's fingerprint and reused by later trials and studies."""
+
+    stage: Literal["shared", "node-local"] = "shared"
+    root: PathText | None = None
+    """Node-local folder for staged copies (default: $TINYSIGLIP_STAGE_DIR, else
+    ~/.cache/tinysiglip/caches on each node)."""
+
+
 class MedianPruner(StrictModel):
     """Prune a trial whose value is below the median of earlier trials at the same epoch."""
 
@@ -525,6 +539,9 @@ class StudyFile(StrictModel):
     """Retries of a failed trial (from its checkpoint)."""
     max_concurrent: int | None = Field(None, ge=1)
     """Trials at once (null: as many as the resources allow)."""
+    caches: CacheStaging = Field(
+        default_factory=CacheStaging, examples=[{"stage": "node-local", "root": "/local/scratch/tsl-caches"}]
+    )
     storage: StorageUrl | None = None
     """SQLAlchemy URL of the study database (default: sqlite:///<run_dir>/study.db)."""
     run_dir: PathText | None = None

@@ -167,6 +167,8 @@ class Study:
     local: bool
     budget: Budget | None = None
     final_epochs: int | None = None
+    cache_stage: str = "shared"  # "node-local": trials copy the caches to their node first (caches.stage)
+    cache_stage_root: str | None = None  # node-local folder of the staged copies (caches.root)
 
     def cell(self, name: str) -> Cell:
         for c in self.cells:
