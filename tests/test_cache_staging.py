@@ -129,9 +129,11 @@ def test_study_file_caches_section(tmp_path):
     path.write_text(path.read_text() + f"caches: {{stage: node-local, root: {tmp_path / 'stage'}}}\n")
     study = load_study(path)
     assert (study.cache_stage, study.cache_stage_root) == ("node-local", str(tmp_path / "stage"))
-    path.write_text(path.read_text().replace("node-local", "nodelocal"))
-    with pytest.raises(StudyError, match="caches.stage"):
+    text = path.read_text()
+    path.write_text(text.replace("node-local", "nodelocal").replace(str(tmp_path / "stage"), "scratch/stage"))
+    with pytest.raises(StudyError) as info:
         load_study(path)
+    assert "caches.stage" in str(info.value) and "caches.root: 'scratch/stage' is relative" in str(info.value)
 
 
 def test_a_trial_reads_the_staged_copies(tiny_caches, tmp_path):

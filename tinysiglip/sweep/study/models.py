@@ -350,6 +350,16 @@ class CacheStaging(StrictModel):
     """Node-local folder for staged copies (default: $TINYSIGLIP_STAGE_DIR, else
     ~/.cache/tinysiglip/caches on each node)."""
 
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, root: str | None) -> str | None:
+        if root and not (root.startswith(("/", "~"))):
+            raise problem(
+                f"{root!r} is relative: each trial runs in a folder of its own on its node",
+                "give an absolute path (or one starting with ~) on the nodes' local disk",
+            )
+        return root
+
 
 class MedianPruner(StrictModel):
     """Prune a trial whose value is below the median of earlier trials at the same epoch."""
