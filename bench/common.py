@@ -318,8 +318,9 @@ class Trainer:
 
         from tinysiglip.cache import open_cache
         from tinysiglip.losses import DistillationLoss, LossWeights
+        from tinysiglip.student_eval import pixel_normaliser
         from tinysiglip.students import create_student
-        from tinysiglip.train import _lr_lambda, _make_vocab, _normaliser, _param_groups
+        from tinysiglip.train import _lr_lambda, _make_vocab, _param_groups
 
         self.device = torch.device(device)
         cache = open_cache(cache_path)
@@ -338,7 +339,7 @@ class Trainer:
         )
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, 0.05), lr=lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(10**6, 10))
-        self.normalise = _normaliser(cache, self.device)
+        self.normalise = pixel_normaliser(cache, self.device)
         self.teacher_logit_scale = float(cache.logit_scale)
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
 

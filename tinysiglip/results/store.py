@@ -12,19 +12,22 @@ Passwords in URLs are never shown: use :func:`redact_url` wherever a URL is prin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, inspect, select
-from sqlalchemy import text as sql_text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import delete, event, inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
-from tinysiglip.errors import TinySigLIPError
 from tinysiglip.results.db_url import dashboard_command, redact_url, with_password
+from tinysiglip.results.engine import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    StoreError,
+    add_missing_columns,
+    make_engine,
+    schema_creation_lock,
+)
 from tinysiglip.results.schema import (
     RUN_STATUSES,
     Base,
@@ -56,13 +59,6 @@ __all__ = [
     "with_password",
 ]
 
-SQLITE_BUSY_TIMEOUT_MS = 60_000
-SCHEMA_LOCK_KEY = 0x7451_5349_474C  # "tSIGL": the advisory-lock key of table creation
-
-
-class StoreError(TinySigLIPError):
-    """The study database cannot be opened or is inconsistent."""
-
 
 def default_sqlite_url(run_dir: str | Path, name: str = "study.db") -> str:
     return f"sqlite:///{(Path(run_dir) / name).resolve()}"
@@ -74,37 +70,16 @@ def _package_version() -> str:
     return __version__
 
 
-def _make_engine(url: str) -> Engine:
-    url = with_password(url)
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the single writer
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
 class StudyStore:
     """Read/write access to the project's ``tsl_*`` tables in one study database."""
 
     def __init__(self, url: str, *, create: bool = True):
         self.url = str(url)
         try:
-            self.engine = _make_engine(self.url)
+            self.engine = make_engine(self.url)
             if create:
                 Base.metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
+            add_missing_columns(self.engine)
         except ModuleNotFoundError as exc:  # e.g. psycopg for a PostgreSQL URL
             raise StoreError(
                 f"cannot open study database {redact_url(self.url)}: {exc}. "
@@ -530,38 +505,6 @@ class StudyStore:
             return None if row is None else _to_record(ForecastRecord, row)
 
 
-def _add_missing_columns(engine: Engine) -> list[str]:
-    """Add the nullable columns this version's tables have and an older database lacks.
-
-    A study database outlives the code that made it; new columns are always nullable, so an
-    ``ALTER TABLE ... ADD COLUMN`` is all an old database needs. Returns "table.column" of each added."""
-    from sqlalchemy import text
-
-    insp = inspect(engine)
-    present_tables = set(insp.get_table_names())
-    added = []
-    for table in Base.metadata.sorted_tables:
-        if table.name not in present_tables:
-            continue
-        have = {c["name"] for c in insp.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have:
-                continue
-            if not column.nullable:
-                raise StoreError(
-                    f"{redact_url(engine.url)}: table {table.name} lacks column {column.name}, which cannot be "
-                    "added to existing rows (not nullable): rebuild the database"
-                )
-            kind = column.type.compile(dialect=engine.dialect)
-            prep = engine.dialect.identifier_preparer
-            with engine.begin() as conn:
-                conn.execute(
-                    text(f"ALTER TABLE {prep.quote(table.name)} ADD COLUMN {prep.quote(column.name)} {kind}")
-                )
-            added.append(f"{table.name}.{column.name}")
-    return added
-
-
 def _recompute_cost(run: RunRow) -> None:
     hours = float(run.wall_time_s or 0.0) / 3600.0
     run.gpu_hours = hours * float(run.gpu_fraction or 0.0)
@@ -598,27 +541,6 @@ def open_store(url: str | Path, *, create: bool = True) -> StudyStore:
     if "://" not in text:
         text = f"sqlite:///{Path(text).resolve()}"
     return StudyStore(text, create=create)
-
-
-@contextmanager
-def schema_creation_lock(url: str | Path) -> Iterator[None]:
-    """Serialise table creation between drivers starting at once on an empty PostgreSQL database (a
-    session advisory lock; concurrent ``CREATE TABLE`` there fails with ``UniqueViolation``). Other
-    databases need none: SQLite serialises writers on its file lock."""
-    text = str(url)
-    if "://" not in text or make_url(text).get_backend_name() != "postgresql":
-        yield
-        return
-    engine = create_engine(with_password(text), poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
-            try:
-                yield
-            finally:
-                conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
-    finally:
-        engine.dispose()
 
 
 def open_existing(url: str | Path) -> StudyStore:
