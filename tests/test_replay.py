@@ -184,3 +184,13 @@ def test_with_pruned_trials_a_pruner_that_lets_one_run_on_pays_its_budget(tmp_pa
     assert median.trials_ran_on == 0
     text = replay_text(result)
     assert "complete and pruned trial(s)" in text and "ran on" in text
+
+
+def test_wilcoxon_prunes_a_trial_worse_than_the_best_at_every_step(tmp_path):
+    """Optuna's WilcoxonPruner (scipy's signed-rank test against the best trial's curve) is replayed too."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    write_study(url, {0: [10.0 * e for e in range(1, 9)], 1: [float(e) for e in range(1, 9)]})
+    result = replay_study(url, "toy", dict([("none", NONE), parse_pruner_spec("wilcoxon")]))
+    wilcoxon = result.pruner("wilcoxon")
+    assert wilcoxon.cells[0].pruned == (1,) and wilcoxon.epochs_saved > 0
+    assert wilcoxon.cells[0].best_survives and result.pruner("none").epochs_saved == 0

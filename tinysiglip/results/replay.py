@@ -222,7 +222,7 @@ def _whole(value: Any) -> int | None:
 
 
 def wilcoxon_available() -> bool:
-    """Optuna's WilcoxonPruner runs scipy's signed-rank test; scipy is not a dependency of TinySigLIP."""
+    """Optuna's WilcoxonPruner runs scipy's signed-rank test (scipy is a dependency; an install without it skips)."""
     import importlib.util
 
     return importlib.util.find_spec("scipy") is not None
