@@ -106,6 +106,20 @@ def test_worker_runtime_env_ships_the_package_and_settings():
     assert "py_modules" not in in_job  # a submitted job's working_dir already carries the project
 
 
+def test_inside_a_ray_job_the_jobs_own_variables_are_not_sent_again():
+    """Ray refuses a driver runtime env naming a variable the submitted job's runtime env sets (found
+    with `ray job submit --runtime-env-json '{"env_vars": {"TSL_STUB_SLEEP": "1"}}'` on a 2-node cluster)."""
+    import json
+
+    from tinysiglip.sweep.runner import worker_runtime_env
+
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip", "env_vars": {"TSL_STUB_SLEEP": "1"}}}
+    environ = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job), "TSL_STUB_SLEEP": "1", "TINYSIGLIP_X": "2"}
+    assert worker_runtime_env(environ) == {"env_vars": {"TINYSIGLIP_X": "2"}}
+    unreadable = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json", "TSL_STUB_SLEEP": "1"}
+    assert worker_runtime_env(unreadable) == {}  # cannot tell: the job's own environment stands
+
+
 # ----------------------------------------------------------------------------------- resources
 
 HEAD = {

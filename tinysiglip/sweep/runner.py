@@ -8,6 +8,7 @@ trial; the three plug-ins that run in the driver's Tune loop share the :class:`~
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -76,15 +77,41 @@ def worker_runtime_env(environ=None) -> dict:
     """What trials on a cluster's nodes need from the driver: the ``tinysiglip`` package (through Ray's
     ``py_modules``, so nodes need not have it installed) and the ``TINYSIGLIP_*``/``TSL_*`` settings.
 
-    A sweep submitted as a Ray job keeps the job's own runtime environment (its ``working_dir``)."""
+    A sweep submitted as a Ray job keeps the job's own runtime environment (its ``working_dir``, its
+    ``env_vars``): Ray refuses a driver runtime env that names a variable the job's already sets."""
     environ = os.environ if environ is None else environ
-    env_vars = {k: v for k, v in environ.items() if k.startswith(("TINYSIGLIP_", "TSL_"))}
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in environ
+    set_by_job = _job_env_var_names(environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]) if in_job else set()
+    env_vars = {
+        k: v for k, v in environ.items() if k.startswith(("TINYSIGLIP_", "TSL_")) and k not in set_by_job
+    }
     out: dict = {"env_vars": env_vars} if env_vars else {}
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in environ:
+    if not in_job:
         import tinysiglip
 
         out["py_modules"] = [str(Path(tinysiglip.__file__).parent)]
     return out
+
+
+def _job_env_var_names(job_config_json: str) -> set[str]:
+    """Names of the variables a submitted Ray job's runtime environment sets (all of them, as far as
+    this driver can tell, when the job config cannot be read)."""
+    try:
+        config = json.loads(job_config_json)
+        runtime_env = config.get("runtime_env") or {}
+        if isinstance(runtime_env, str):
+            runtime_env = json.loads(runtime_env)
+        return set((runtime_env.get("env_vars") or {}).keys())
+    except (ValueError, AttributeError, TypeError):
+        return _EVERY_NAME
+
+
+class _Everything(set):
+    def __contains__(self, item) -> bool:  # an unreadable job config: forward nothing, let the job's env be
+        return True
+
+
+_EVERY_NAME = _Everything()
 
 
 def _echo_access(ctx, options: SweepOptions, *, attached: bool) -> None:
