@@ -90,24 +90,29 @@ class World:
         )
 
     def runs(self, **kw):
+        if not (self.run_dir / "study.db").exists():
+            return []  # (opening it would create an empty file before the sweep does)
         try:
-            return open_store(self.url, create=False).runs("stubstudy", **kw)
-        except Exception:  # noqa: BLE001 - the database is not there yet
+            with open_store(self.url, create=False) as store:
+                return store.runs("stubstudy", **kw)
+        except Exception as exc:  # noqa: BLE001 - the driver may be creating its tables right now
+            self.last_error = repr(exc)
             return []
 
     def wait_for_progress(self, proc: subprocess.Popen, timeout: float = 300) -> None:
-        """Until one more trial finished in this run and another is running."""
+        """Until one more trial finished in this run while the search goes on (no final run yet)."""
         before = len([r for r in self.runs(kind="trial") if r.status in ("complete", "pruned")])
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
             runs = self.runs(kind="trial")
             done = sum(r.status in ("complete", "pruned") for r in runs)
-            if done > before and any(r.status == "running" for r in runs):
+            if done > before and len(runs) > done and not self.runs(kind="final"):
                 return
         out, err = proc.communicate() if proc.poll() is not None else ("", "")
         raise RuntimeError(
             f"the sweep never had a finished and a running trial at once: {err.strip()[-300:]}"
+            f" (last read error: {getattr(self, 'last_error', None)})"
         )
 
     def wait_for_lease(self, proc: subprocess.Popen, timeout: float = 300) -> None:

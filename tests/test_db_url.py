@@ -61,7 +61,8 @@ def test_printed_dashboard_url_opens_the_postgres_database(monkeypatch):
     url = make_url(os.environ["TINYSIGLIP_TEST_POSTGRES_URL"])
     monkeypatch.delenv("TINYSIGLIP_DB_PASSWORD", raising=False)
     printed = shlex.split(dashboard_command(url.render_as_string(hide_password=False)).split("   (")[0])[-1]
-    assert make_url(printed).password is None  # (a substring check would trip on a password equal to the user)
+    # no password in the printed URL (a substring check would trip on a password equal to the user name)
+    assert make_url(printed).password is None
     if url.password is not None:
         monkeypatch.setenv("PGPASSWORD", url.password)
     storage = optuna.storages.RDBStorage(printed)
