@@ -21,19 +21,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_sweep_driver import HOOKS  # the stub trainer's hooks
 
 from tinysiglip.results.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-HOOKS = [
-    "--train-fn",
-    "sweep_stubs:stub_train",
-    "--caches-fn",
-    "sweep_stubs:stub_caches",
-    "--teacher-metrics-fn",
-    "sweep_stubs:stub_teacher_metrics",
-]
 
 pytestmark = pytest.mark.slow
 

@@ -187,22 +187,7 @@ def run_training(
     model = _build_student(config, train_cache, device)
     pairs = _training_pairs(config)
     total_steps = _total_steps(config, len(pairs))
-    optimizer, scheduler = _build_optimiser(model, config["optim"], total_steps)
-    run = TrainingRun(
-        config=config,
-        run_dir=run_dir,
-        device=device,
-        use_bf16=use_bf16,
-        train_cache=train_cache,
-        model=model,
-        criterion=_build_criterion(config["loss"]),
-        normalise=pixel_normaliser(train_cache, device),
-        pairs=pairs,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        total_steps=total_steps,
-        started=started,
-    )
+    run = _assemble_run(config, run_dir, device, use_bf16, train_cache, model, pairs, total_steps, started)
     resumed = config["train"]["checkpoint"] and _load_checkpoint(run)
     run.result = {
         **run.result,  # a damaged checkpoint set aside is said here
@@ -332,6 +317,28 @@ def _total_steps(config: dict[str, Any], num_pairs: int) -> int:
     if config["train"]["max_steps"]:
         total = min(total, int(config["train"]["max_steps"]))
     return total
+
+
+def _assemble_run(
+    config, run_dir: Path, device, use_bf16: bool, train_cache, model, pairs, total_steps: int, started: float
+) -> TrainingRun:
+    """The run's objects around a built student: optimiser and schedule, losses, pixel normaliser."""
+    optimizer, scheduler = _build_optimiser(model, config["optim"], total_steps)
+    return TrainingRun(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        use_bf16=use_bf16,
+        train_cache=train_cache,
+        model=model,
+        criterion=_build_criterion(config["loss"]),
+        normalise=pixel_normaliser(train_cache, device),
+        pairs=pairs,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        total_steps=total_steps,
+        started=started,
+    )
 
 
 def _build_optimiser(model, optim_cfg: dict[str, Any], total_steps: int):
@@ -573,21 +580,8 @@ def measure_step_seconds(config: Mapping[str, Any], *, steps: int = 5, warmup: i
         device, use_bf16 = _set_up_device(config["train"])
         train_cache = open_cache(config["data"]["train_cache"])
         model = _build_student(config, train_cache, device)
-        optimizer, scheduler = _build_optimiser(model, config["optim"], warmup + steps)
-        run = TrainingRun(
-            config=config,
-            run_dir=Path("."),
-            device=device,
-            use_bf16=use_bf16,
-            train_cache=train_cache,
-            model=model,
-            criterion=_build_criterion(config["loss"]),
-            normalise=pixel_normaliser(train_cache, device),
-            pairs=None,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            total_steps=warmup + steps,
-            started=time.time(),
+        run = _assemble_run(
+            config, Path("."), device, use_bf16, train_cache, model, None, warmup + steps, time.time()
         )
         batch = _random_batch(
             train_cache, int(config["optim"]["batch_size"]), seed=int(config["train"]["seed"])
