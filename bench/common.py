@@ -343,7 +343,9 @@ class Trainer:
         self.teacher_logit_scale = float(cache.logit_scale)
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
 
-    def step(self, batch: Mapping[str, Any]) -> None:
+    def step(self, batch: Mapping[str, Any], *, blocking_index: bool = False) -> None:
+        """One training step; ``blocking_index`` copies the image index as run_training did before
+        2026-11-27 (a blocking copy, which stalls the host until the GPU has drained its queue)."""
         import torch
 
         model, device = self.model, self.device
@@ -358,8 +360,8 @@ class Trainer:
                 logit_scale=model.logit_scale.exp(),
                 logit_bias=model.logit_bias,
                 teacher_logit_scale=self.teacher_logit_scale,
-                image_index=batch["image_index"].to(device),
-                caption_image_index=batch["image_index"].to(device),
+                image_index=batch["image_index"].to(device, non_blocking=not blocking_index),
+                caption_image_index=batch["image_index"].to(device, non_blocking=not blocking_index),
             )
         loss = sum(value for key, value in terms.items() if key.endswith("_loss"))
         self.optimizer.zero_grad(set_to_none=True)

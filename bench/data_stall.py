@@ -3,9 +3,13 @@
 memory (pure compute).
 
 Variants, interleaved round by round (medians reported):
-  memory          the epoch's batches collated beforehand (pinned on CUDA); the loop only runs the step
+  memory          the epoch's batches collated beforehand and already on the device; the loop only
+                  runs the step
   loader-wN       TrainLoader with N worker processes (data.num_workers; 0 = read in the training
-                  process), built once and warmed up, as run_training keeps it for the whole run
+                  process), built once and warmed up, as run_training keeps it for the whole run, its
+                  batches sent ahead to the device (``batches_on_device``), as run_training sends them
+  loader-wN-before  the same loader as run_training used it before 2026-11-27: no copy ahead, and a
+                  blocking copy of the image index in the step (on CUDA; the same as loader-wN on a CPU)
   read-only       the loader alone (0 workers), no step: what the pipeline costs by itself
   ... (baseline reader)  another reader.py (``--baseline-reader git:REV``) through the per-epoch
                   ``DataLoader(batch_size, shuffle=True)`` that run_training built before TrainLoader
@@ -85,20 +89,20 @@ def main(argv=None) -> int:
             pass
         print(f"loader-w{w}: first epoch (worker start) {time.perf_counter() - t0:.2f} s", flush=True)
 
-    # The in-memory batches: the same epoch, collated once (pinned like the loader pins them).
-    batches = list(loaders[0].epoch(0))
-    if pin:
-        batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+    from tinysiglip.cache import batches_on_device
+
+    # The in-memory batches: the same epoch, collated once and already on the device.
+    batches = [{k: v.to(trainer.device) for k, v in b.items()} for b in loaders[0].epoch(0)]
     steps = len(batches)
     for b in batches[:2]:  # warm-up (allocator, autotuning, lazy inits)
         trainer.step(b)
 
-    def run(source):
+    def run(source, *, before=False):
         def go():
             common.sync(trainer.device)
             t0 = time.perf_counter()
             for batch in source():
-                trainer.step(batch)
+                trainer.step(batch, blocking_index=before)
             common.sync(trainer.device)
             return time.perf_counter() - t0
 
@@ -115,7 +119,10 @@ def main(argv=None) -> int:
 
     variants = {"memory": run(lambda: batches)}
     for w in worker_counts:
-        variants[f"loader-w{w}"] = run(lambda w=w: loaders[w].epoch(0))
+        variants[f"loader-w{w}"] = run(lambda w=w: batches_on_device(loaders[w].epoch(0), trainer.device))
+    if pin:
+        for w in worker_counts:
+            variants[f"loader-w{w}-before"] = run(lambda w=w: loaders[w].epoch(0), before=True)
     if baseline is not None:
         variants["loader-w0 (baseline reader)"] = run(baseline_epoch)
         variants["read-only (baseline reader)"] = read_only(baseline_epoch)

@@ -28,6 +28,7 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_per_process_memory_fraction(spec["fraction"], device)
     trainer = common.Trainer(
         spec["cache"], student=spec["student"], scale=spec["scale"], device=spec["device"]

@@ -7,8 +7,11 @@
 #
 # Outputs (<= 8 files): run_gpu.log (everything printed), results.md (the result sections, to paste
 # into bench/RESULTS.md), timings.txt (seconds per step and exit codes).
-# Needs torch, torchvision, transformers, timm, h5py, numpy, pillow, pyyaml, safetensors; not ray,
-# optuna, sqlalchemy or plotly (tests/test_run_gpu.py runs it with those imports blocked).
+# Needs torch, torchvision, transformers, timm, h5py, numpy, pillow, pyyaml, safetensors and pydantic; not
+# ray, optuna, sqlalchemy or plotly (tests/test_run_gpu.py runs it with those imports blocked). The device
+# image has no pydantic: `bash bench/gpu_wheels.sh` puts its wheels in .whl/, carry that folder, and this
+# script installs what it holds into a private folder first.
+#   TSL_BENCH_STEPS=data_stall,cache_vs_online bash bench/run_gpu.sh   # only the named steps
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-/tmp/tsl_bench_gpu_out}}
@@ -16,6 +19,10 @@ mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TSL_BENCH_DIR=${TSL_BENCH_DIR:-/tmp/tsl_bench_gpu} TSL_BENCH_RESULTS="$OUT_DIR/results.md"
 PY=${PYTHON:-$(command -v python || command -v python3)}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tsl_site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/tsl_site"
+fi
 LOG="$OUT_DIR/run_gpu.log"
 TIMES="$OUT_DIR/timings.txt"
 BUDGET=${TSL_BENCH_BUDGET:-420}  # seconds: later steps are skipped once this much has gone
@@ -36,6 +43,9 @@ START=$(date +%s)
 step() {  # step NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2; shift 2
   local now=$(( $(date +%s) - START ))
+  if [ -n "${TSL_BENCH_STEPS:-}" ] && [ "$name" != preflight ] && [[ ",$TSL_BENCH_STEPS," != *",$name,"* ]]; then
+    return
+  fi
   if [ "$now" -ge "$BUDGET" ]; then
     echo "SKIPPED $name (budget of ${BUDGET}s spent)" | tee -a "$LOG" "$TIMES"; return
   fi
@@ -47,7 +57,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 }
 
 step preflight 60 "$PY" -c "
-import sys, torch, torchvision, transformers, timm, h5py, numpy, PIL
+import sys, torch, torchvision, transformers, timm, h5py, numpy, PIL, pydantic
+import tinysiglip.train
 import bench.common, bench.gpu_share, bench.data_stall, bench.eval_scale, bench.cache_vs_online
 import bench.loader, bench.decode, bench.cache_build
 print(sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__,

@@ -60,9 +60,17 @@ def _seed_everything(seed: int) -> None:
 
 
 def _pick_device(name: str) -> torch.device:
+    """The device named in the config, with an index on CUDA.
+
+    Some CUDA calls (``set_per_process_memory_fraction`` among them) refuse a bare ``cuda`` device, so
+    a bare name becomes the current device (under Ray, the one GPU that Tune made visible).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -370,7 +378,9 @@ def _epoch_loader(run: TrainingRun, epoch: int) -> Iterable[dict[str, torch.Tens
             num_workers=int(run.config["data"]["num_workers"]),
             pin_memory=run.device.type == "cuda",
         )
-    return run.loader.epoch(epoch)
+    from tinysiglip.cache import batches_on_device
+
+    return batches_on_device(run.loader.epoch(epoch), run.device)
 
 
 def _train_one_epoch(run: TrainingRun, *, progress: bool = False) -> EpochOutcome:
@@ -380,7 +390,7 @@ def _train_one_epoch(run: TrainingRun, *, progress: bool = False) -> EpochOutcom
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False)
+        batches = tqdm(batches, total=len(run.loader), desc=f"epoch {epoch + 1}/{run.epochs}", leave=False)
     # A non-finite loss ends the run. On a GPU, reading the flag every step would stall the
     # pipeline on a device sync, so it is read every `check_every` steps and at the end of the epoch.
     check_every = 1 if run.device.type == "cpu" else 50
@@ -420,8 +430,8 @@ def _loss_terms(run: TrainingRun, batch: Mapping[str, torch.Tensor]) -> dict[str
             logit_scale=model.logit_scale.exp(),
             logit_bias=model.logit_bias,
             teacher_logit_scale=float(run.train_cache.logit_scale),
-            image_index=batch["image_index"].to(device),
-            caption_image_index=batch["image_index"].to(device),
+            image_index=batch["image_index"].to(device, non_blocking=True),
+            caption_image_index=batch["image_index"].to(device, non_blocking=True),
         )
 
 

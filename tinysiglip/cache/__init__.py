@@ -9,7 +9,7 @@ from tinysiglip.cache.format import (
     partial_path,
 )
 from tinysiglip.cache.leakage import LeakageError, LeakageReport, check_leakage
-from tinysiglip.cache.loader import TrainBatches, TrainLoader
+from tinysiglip.cache.loader import TrainBatches, TrainLoader, batches_on_device
 from tinysiglip.cache.reader import (
     CachedCaptions,
     CachedImages,
@@ -32,6 +32,7 @@ __all__ = [
     "TeacherCache",
     "TrainBatches",
     "TrainLoader",
+    "batches_on_device",
     "TrainPairs",
     "build_cache",
     "check_leakage",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["TrainBatches", "TrainLoader", "epoch_order"]
+__all__ = ["TrainBatches", "TrainLoader", "batches_on_device", "epoch_order"]
 
 
 def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
@@ -93,3 +93,42 @@ class TrainLoader:
     def epoch(self, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
         self.batches.set_epoch(epoch)
         return self.loader
+
+
+def batches_on_device(batches: Iterable[dict[str, Any]], device: torch.device) -> Iterator[dict[str, Any]]:
+    """Each batch with its tensors already on ``device``, the next batch's copy under way meanwhile.
+
+    On CUDA the host-to-device copies of batch k+1 run on a side stream while the step on batch k
+    computes, and every copy is asynchronous, so the training loop never waits on a copy (a blocking
+    ``.to(device)`` would stall the host until the GPU drained its queue, so that reading the next
+    batch could not overlap the step). Elsewhere the batches pass through unchanged.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield from batches
+        return
+    side = torch.cuda.Stream(device)
+    ahead: tuple[dict[str, Any], torch.cuda.Event] | None = None
+    for batch in batches:
+        with torch.cuda.stream(side):
+            moved = {
+                key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+                for key, value in batch.items()
+            }
+            copied = torch.cuda.Event()
+            copied.record(side)
+        if ahead is not None:
+            yield _settle(*ahead, device)
+        ahead = (moved, copied)
+    if ahead is not None:
+        yield _settle(*ahead, device)
+
+
+def _settle(batch: dict[str, Any], copied: torch.cuda.Event, device: torch.device) -> dict[str, Any]:
+    """Make the compute stream wait for ``batch``'s copies, and keep its memory until it is done."""
+    current = torch.cuda.current_stream(device)
+    current.wait_event(copied)
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            value.record_stream(current)  # allocated on the side stream, used on this one
+    return batch
