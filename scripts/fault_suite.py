@@ -175,8 +175,13 @@ def signals_drivers_and_resume(root: Path) -> list[Row]:
     """Ctrl-C, SIGTERM, a killed driver, second drivers, stale finals, a changed budget: one study."""
     w = World(root / "signals", trials=6)
     rows = []
-    first = w.start(TSL_STUB_SLEEP="0.8")
+    # Once a trial has finished, the hold file keeps the others before their last epoch, so the search
+    # is still running when the checks below (each a new driver process) are done, however slow they
+    # are (a fresh clone compiles every module on first import).
+    hold = root / "signals" / "hold"
+    first = w.start(TSL_STUB_SLEEP="0.8", TSL_STUB_HOLD=str(hold))
     w.wait_for_progress(first)
+    hold.touch()
     for args, what in (
         ((), "second fresh driver on a running study"),
         (("--resume",), "second --resume while one runs"),
@@ -204,8 +209,10 @@ def signals_drivers_and_resume(root: Path) -> list[Row]:
         )
     )
 
-    second = w.start("--resume", TSL_STUB_SLEEP="0.8")
+    hold.unlink()
+    second = w.start("--resume", TSL_STUB_SLEEP="0.8", TSL_STUB_HOLD=str(hold))
     w.wait_for_progress(second)
+    hold.touch()
     second.send_signal(signal.SIGTERM)
     out, err = second.communicate(timeout=300)
     ok = (
@@ -223,6 +230,7 @@ def signals_drivers_and_resume(root: Path) -> list[Row]:
         )
     )
 
+    hold.unlink()
     third = w.start("--resume", TSL_STUB_SLEEP="0.8")
     w.wait_for_lease(third)
     time.sleep(5)

@@ -7,6 +7,8 @@ valid training-config keys, so the same study YAML also passes ``load_study``:
   ``loss.feat`` is the searched λ (a low one is a designed-bad trial), ``loss.contrast`` sets a cell's scale.
 * faults from ``TSL_STUB_FAULTS`` = "raise_once:1,diverge_once:2,always:3" (trial numbers of every cell).
 * ``TSL_STUB_SLEEP`` seconds per epoch; resumable from ``run_dir/checkpoint/state.json``.
+* ``TSL_STUB_HOLD`` = a path: while that file exists, search trials wait before their last epoch, so a
+  test can keep a search running (no trial finishes, no final starts) for as long as it needs.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ def stub_train(config: dict, *, run_dir, report=None) -> dict:
     if run_dir.parent.parent.name == "trials":
         fault = _faults().get(int(run_dir.name))
     sleep = float(os.environ.get("TSL_STUB_SLEEP", "0"))
+    hold = os.environ.get("TSL_STUB_HOLD")
     started = time.time()
     for epoch in range(state["epoch"] + 1, epochs + 1):
+        while hold and epoch == epochs and run_dir.parent.parent.name == "trials" and Path(hold).exists():
+            time.sleep(0.1)
         time.sleep(sleep)
         if fault == "always" or (fault == "raise_once" and attempt == 1 and epoch == 2):
             raise RuntimeError(f"stub failure in epoch {epoch} (attempt {attempt})")

@@ -380,11 +380,6 @@ def test_divergence_is_not_retried_and_retry_failed_reruns_failed_trials(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="known issue: run as a script on a fresh CI clone, the suite's signals scenario never observes "
-    "a finished and a running trial at once (it passes when imported, and on the dev checkout); its faults "
-    "are covered one by one by the signal, second-driver and divergence tests in this file"
-)
 def test_fault_suite_quick_subset(tmp_path):
     """scripts/fault_suite.py --quick: every injected fault survived or refused cleanly."""
     p = subprocess.run(
