@@ -313,6 +313,11 @@ ERROR_CASES = {
     "local gpus": (_set("local.resources", {"gpus_per_trial": 1}), "local.resources.gpus_per_trial", "CPU"),
     "local loss": (_set("local.config", {"loss": {"feat": 0}}), "local.config.loss", "local mode keeps"),
     "local teacher key": (_set("local.teachers", {"big": "local-m"}), "local.teachers.big", "large"),
+    "local world dataset sizes": (
+        _set("local.datasets", {"coco": {"kind": "local_shapes", "sizes": {"train": 10}}}),
+        "local.datasets.coco.sizes",
+        "TINYSIGLIP_LOCAL_WORLD_SIZE",
+    ),
     "missing grid": (_delete("grid"), "grid", "missing"),
     "missing teacher source": (
         _set("teachers.large", {"revision": "main"}),

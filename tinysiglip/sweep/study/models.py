@@ -194,15 +194,30 @@ class ShapesSizes(StrictModel):
 
 
 class LocalShapes(StrictModel):
-    """The local world's synthetic shapes dataset (what a dataset becomes with --local)."""
+    """The local world's synthetic shapes dataset (what a dataset becomes with --local).
+
+    The local world holds one shapes dataset, made once by ``tinysiglip local-world`` and shared by every
+    study, so a study cannot change its seed, sizes or image size: those keys are refused (they used to
+    be accepted and silently ignored)."""
 
     kind: Literal["local_shapes"] = "local_shapes"
     seed: int | None = Field(None, ge=0)
-    """Generation seed (default: the local world's)."""
+    """Refused: the local world's dataset has one seed."""
     sizes: ShapesSizes | None = None
-    """Images per split (default: the local world's)."""
+    """Refused: choose the world's size with TINYSIGLIP_LOCAL_WORLD_SIZE (default or tiny)."""
     image_size: int | None = Field(None, ge=8)
-    """Side of the square images in pixels."""
+    """Refused: the caches are at the local teacher's image size."""
+
+    @field_validator("seed", "sizes", "image_size")
+    @classmethod
+    def _set_by_the_world(cls, value: Any, info: Any) -> Any:
+        if value is not None:
+            raise problem(
+                f"the local world has one shapes dataset, made by `tinysiglip local-world`; a study cannot "
+                f"set its {info.field_name}",
+                "remove this key; the world's size is chosen with TINYSIGLIP_LOCAL_WORLD_SIZE=default|tiny",
+            )
+        return value
 
 
 class LocalShapesEntry(LocalShapes):
