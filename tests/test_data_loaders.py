@@ -340,3 +340,12 @@ def test_check_images_many_bad_lists_first_twenty(tmp_path):
         check_images(dataset, skip_bad=False, workers=1)
     assert "... and 10 more" in str(info.value) and "020.jpg" in str(info.value)
     assert "021.jpg" not in str(info.value)
+
+
+def test_coco_empty_caption_names_the_annotation(coco_world):
+    annotation_file, image_root = coco_world
+    data = json.loads(annotation_file.read_text())
+    data["annotations"][3]["caption"] = "  \n "
+    annotation_file.write_text(json.dumps(data))
+    with pytest.raises(TinySigLIPError, match=r"annotations\[3\]\.caption is empty"):
+        load_coco_captions(annotation_file, image_root)

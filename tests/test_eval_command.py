@@ -98,3 +98,6 @@ def test_bad_input_gets_clean_errors(trained, tiny_caches, tmp_path, capsys):
     (old / "student_config.json").unlink()
     assert main(["eval", "--student", str(old), "--cache", cache]) == 2
     assert "written before checkpoints recorded" in capsys.readouterr().err
+    (old / "student_config.json").write_text("{ not json")
+    assert main(["eval", "--student", str(old), "--cache", cache]) == 2
+    assert "student_config.json: not valid JSON" in capsys.readouterr().err

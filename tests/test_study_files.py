@@ -547,3 +547,16 @@ def test_names_and_descriptions_refuse_control_characters(tmp_path, field):
     p = _write(tmp_path, edit=_set(field, "ablation\nA" if field == "study" else "line one\x1b[2J"))
     with pytest.raises(StudyError, match=field):
         load_study(p)
+
+
+def test_empty_study_file_says_so(tmp_path):
+    for raw in ("", "# to be written\n"):
+        p = _write(tmp_path, raw=raw)
+        with pytest.raises(StudyError, match="mystudy.yaml.*the file is empty"):
+            load_study(p)
+
+
+def test_storage_with_an_unknown_database_driver(tmp_path):
+    p = _write(tmp_path, edit=_set("storage", "nosuchdb://u@h/db"))
+    with pytest.raises(StudyError, match="storage: no database driver for 'nosuchdb'"):
+        load_study(p)

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from tinysiglip.errors import TinySigLIPError
+from tinysiglip.errors import TinySigLIPError, check_writable_folder
 
 # Areas that register their own subcommands: module path -> register(subparsers).
 _REGISTRARS = (
@@ -67,19 +67,6 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_train)
 
 
-def _writable_folder(folder: Path, flag: str) -> None:
-    """Create ``folder`` (a clean error, not a traceback, where that is impossible)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".tsl-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise TinySigLIPError(
-            f"{flag} {folder}: cannot create or write this folder ({error.strerror or error}); give a writable folder"
-        ) from None
-
-
 def _run_train(args: argparse.Namespace) -> int:
     from tinysiglip.evaluate import format_metrics
     from tinysiglip.train import load_config_file, run_training
@@ -109,7 +96,7 @@ def _run_train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    _writable_folder(Path(args.run_dir), "--run-dir")
+    check_writable_folder(args.run_dir, "--run-dir")  # run_training makes it once the inputs are checked
     result = run_training(config, run_dir=args.run_dir, report=report, progress=True)
     print(f"status: {result['status']}" + (f" ({result['error']})" if result["error"] else ""))
     if result.get("test_metrics"):

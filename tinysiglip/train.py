@@ -67,7 +67,12 @@ def _pick_device(name: str) -> torch.device:
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"train.device {name!r} is not a torch device ({error}); use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -188,10 +193,11 @@ def run_training(
     """
     started = time.time()
     config = resolve_config(config)
-    run_dir = _prepare_run_dir(config, Path(run_dir))
+    _require_caches(config["data"])
     device, use_bf16 = _set_up_device(config["train"])
     _seed_everything(int(config["train"]["seed"]))
     train_cache, leakage = _open_caches(config["data"])
+    run_dir = _prepare_run_dir(config, Path(run_dir))  # only once its inputs are known to be good
     model = _build_student(config, train_cache, device)
     pairs = _training_pairs(config)
     total_steps = _total_steps(config, len(pairs))
@@ -227,13 +233,17 @@ def run_training(
 # set-up
 
 
+def _require_caches(data: dict[str, Any]) -> None:
+    """The caches a run cannot do without."""
+    for key in ("train_cache", "val_cache"):
+        if not data[key]:
+            raise ConfigError(f"config: data.{key} is required (a cache built by `tinysiglip cache build`)")
+
+
 def _prepare_run_dir(config: dict[str, Any], run_dir: Path) -> Path:
-    """The run folder with the resolved config in it; the caches a run cannot do without."""
+    """The run folder with the resolved config in it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    for key in ("train_cache", "val_cache"):
-        if not config["data"][key]:
-            raise ConfigError(f"config: data.{key} is required (a cache built by `tinysiglip cache build`)")
     return run_dir
 
 

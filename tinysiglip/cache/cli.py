@@ -127,9 +127,11 @@ def run_build(args: argparse.Namespace) -> int:
     from tinysiglip.cache.build import bad_images_report_path, build_cache
     from tinysiglip.cache.reader import open_cache
     from tinysiglip.data import check_images
+    from tinysiglip.errors import check_writable_folder
     from tinysiglip.teacher import load_teacher
 
     started = time.perf_counter()
+    check_writable_folder(Path(args.out).expanduser().parent, "--out: the folder")  # before the work
     dataset = _load_dataset(args)
     out = Path(args.out)
     if args.skip_bad_images or not out.exists():  # decode every image before the teacher loads

@@ -267,6 +267,11 @@ def load_config_file(path: str | Path, overrides: list[str] | None = None) -> di
         partial = load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:  # a folder, unreadable, not text
+        raise ConfigError(
+            f"config file {path} cannot be read ({getattr(error, 'strerror', None) or error}); "
+            "give a YAML file such as configs/local_A1.yaml"
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(partial, dict):

@@ -118,6 +118,11 @@ def load_coco_captions(
         where = f"annotations[{index}]"
         image_id = _field(annotation, "image_id", int, where, annotation_file)
         caption = _field(annotation, "caption", str, where, annotation_file)
+        if not caption.strip():
+            raise DatasetError(
+                f"{annotation_file}: {where}.caption is empty (image {image_id}); write the caption or "
+                "delete that annotation"
+            )
         if image_id not in path_by_id:
             raise DatasetError(
                 f"{annotation_file}: {where}.image_id = {image_id} matches no entry of 'images' "

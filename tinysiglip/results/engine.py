@@ -90,7 +90,17 @@ def schema_creation_lock(url: str | Path) -> Iterator[None]:
         return
     engine = create_engine(with_password(text), poolclass=NullPool)
     try:
-        with engine.connect() as conn:
+        try:
+            conn = engine.connect()
+        except Exception as exc:  # unreachable server, wrong password, no database: one line, no password
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            password = make_url(with_password(text)).password
+            reason = reason.replace(str(password), "***") if password else reason
+            raise StoreError(
+                f"cannot open study database {redact_url(text)}: {reason}; check the server, the database "
+                "name and the credentials"
+            ) from None
+        with conn:
             conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
             try:
                 yield

@@ -12,6 +12,7 @@ Passwords in URLs are never shown: use :func:`redact_url` wherever a URL is prin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -543,6 +544,22 @@ def open_store(url: str | Path, *, create: bool = True) -> StudyStore:
     return StudyStore(text, create=create)
 
 
+def _refuse_foreign_sqlite(path: Path) -> None:
+    """Look for the tsl_* tables read-only first: opening a study database switches it to WAL, which
+    rewrites a foreign file's header."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.DatabaseError as error:
+        raise StoreError(
+            f"{path} is not a SQLite study database ({error}); give the file the sweep wrote"
+        ) from None
+    if not any(t.startswith("tsl_") for t in tables):
+        raise StoreError(f"{path} holds no TinySigLIP study (no tsl_* tables); has the sweep run?")
+
+
 def open_existing(url: str | Path) -> StudyStore:
     """Open a study database for reading: a SQLite file that does not exist is an error, not a new file."""
     text = str(url)
@@ -560,6 +577,8 @@ def open_existing(url: str | Path) -> StudyStore:
         raise StoreError(
             f"{database} is not a study database (empty or not a file); give the file the sweep wrote"
         )
+    if database:
+        _refuse_foreign_sqlite(Path(database))
     store = open_store(text, create=False)
     if not any(t.startswith("tsl_") for t in store.table_names()):
         store.close()

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinysiglip.errors import TinySigLIPError
+
 from .image_tower import create_image_tower
 from .text import TextTower
 from .vocab import TokenVocab
@@ -26,6 +28,10 @@ STUDENT_FORMAT_VERSION = 1
 def _count(module_or_params: Any) -> int:
     params = module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params
     return int(sum(p.numel() for p in params))
+
+
+class StudentFileError(TinySigLIPError, ValueError):
+    """A saved student's files cannot be read (the user's to fix: a clean error, not a traceback)."""
 
 
 class TinySigLIP(nn.Module):
@@ -391,7 +397,13 @@ def load_student(load_dir: str | Path, *, map_location: str | torch.device = "cp
     cfg_path = load_dir / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: not a TinySigLIP student directory")
-    config = json.loads(cfg_path.read_text())
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StudentFileError(
+            f"{cfg_path}: not valid JSON ({error}); re-export the student (rerun `tinysiglip train` with the "
+            "same --run-dir) or restore the file"
+        ) from None
     version = config.get("format_version", STUDENT_FORMAT_VERSION)
     if version != STUDENT_FORMAT_VERSION:
         raise ValueError(f"unsupported student format_version {version}")

@@ -91,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
             except ValueError:
-                raise TinySigLIPError(
-                    f"--seeds: expected comma-separated integers, got {args.seeds!r}"
-                ) from None
+                seeds = []
+            if not seeds:
+                raise TinySigLIPError(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
         for name in ("trials_per_cell", "epochs", "max_concurrent", "num_cpus"):
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise TinySigLIPError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if args.num_gpus is not None and args.num_gpus < 0:
+            raise TinySigLIPError(f"--num-gpus must be 0 or more, got {args.num_gpus}")
         if args.retry_failed and not args.resume:
             raise TinySigLIPError("--retry-failed finishes a study: give --resume with it")
         study = load_study(args.study, local=args.local, storage=args.storage, run_dir=args.run_dir)

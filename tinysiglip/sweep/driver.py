@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tinysiglip.errors import check_writable_folder
 from tinysiglip.results.store import (
     dashboard_command,
     open_store,
@@ -82,6 +83,8 @@ def run_sweep(
     apply_overrides(study, options)
     target = resolve_target(options.address)
     check_reachable(target)
+    if options.artifacts and "://" not in options.artifacts:
+        check_writable_folder(options.artifacts, "--artifacts")
     if not target.attach:  # this machine's own capacity, before anything is written
         check_resources(study, gpus_available=gpus_available, cpus_available=options.num_cpus)
     signals = StopSignals(echo)

@@ -58,6 +58,10 @@ def load_study(
     """
     path = Path(path)
     raw = read_yaml(path, what="study")
+    if raw is None:
+        raise StudyError(
+            path, "", "the file is empty (or only comments)", "start from studies/ablation_A.yaml"
+        )
     if not isinstance(raw, dict):
         raise StudyError(
             path, "", "a study file must be a YAML mapping", "start from studies/ablation_A.yaml"

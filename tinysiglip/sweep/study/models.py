@@ -485,6 +485,13 @@ def _storage_url(url: str) -> str:
             "e.g. sqlite:///runs/study.db or postgresql+psycopg://user@host/db",
         ) from None
     parsed = make_url(url)
+    try:
+        parsed.get_dialect()  # an unknown database kind or a driver not installed here
+    except Exception as error:  # noqa: BLE001 - NoSuchModuleError, ImportError: the user's to fix
+        raise problem(
+            f"no database driver for {parsed.drivername!r} ({type(error).__name__}: {error})",
+            "use sqlite:///PATH or postgresql+psycopg://user@host/db (with psycopg installed)",
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise problem(
             f"{url!r} is an in-memory database: the whole study would be lost when the sweep ends",
