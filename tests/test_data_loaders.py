@@ -342,10 +342,13 @@ def test_check_images_many_bad_lists_first_twenty(tmp_path):
     assert "021.jpg" not in str(info.value)
 
 
-def test_coco_empty_caption_names_the_annotation(coco_world):
+def test_coco_empty_captions_are_named_all_at_once(coco_world):
     annotation_file, image_root = coco_world
     data = json.loads(annotation_file.read_text())
     data["annotations"][3]["caption"] = "  \n "
+    data["annotations"][5]["caption"] = ""
     annotation_file.write_text(json.dumps(data))
-    with pytest.raises(TinySigLIPError, match=r"annotations\[3\]\.caption is empty"):
+    with pytest.raises(
+        TinySigLIPError, match=r"2 empty caption\(s\): annotations\[3\] \(image \d+\), annotations\[5\]"
+    ):
         load_coco_captions(annotation_file, image_root)

@@ -114,21 +114,26 @@ def load_coco_captions(
         path_by_id[image_id] = image_root / file_name
 
     captions_by_id: dict[int, list[str]] = {}
+    empty: list[str] = []
     for index, annotation in enumerate(annotations):
         where = f"annotations[{index}]"
         image_id = _field(annotation, "image_id", int, where, annotation_file)
         caption = _field(annotation, "caption", str, where, annotation_file)
         if not caption.strip():
-            raise DatasetError(
-                f"{annotation_file}: {where}.caption is empty (image {image_id}); write the caption or "
-                "delete that annotation"
-            )
+            empty.append(f"{where} (image {image_id})")
+            continue
         if image_id not in path_by_id:
             raise DatasetError(
                 f"{annotation_file}: {where}.image_id = {image_id} matches no entry of 'images' "
                 "(wrong or truncated annotation file?)"
             )
         captions_by_id.setdefault(image_id, []).append(caption)
+    if empty:  # every one at once, not one per run
+        shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        raise DatasetError(
+            f"{annotation_file}: {len(empty)} empty caption(s): {shown}; write those captions or delete "
+            "those annotations"
+        )
 
     return CaptionDataset(
         name=name,
