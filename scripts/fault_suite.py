@@ -1,15 +1,17 @@
 """Inject the faults of issue 11 into small sweeps and print what happened: fault -> outcome -> expected.
 
-    PYTHONPATH=$PWD python scripts/fault_suite.py [--quick] [--keep DIR]
+    PYTHONPATH=$PWD python scripts/fault_suite.py [--quick] [--keep DIR] [--only SECTION ...]
 
 The sweeps run the real driver (Ray Tune + Optuna on SQLite) with the stub trainer of
 tests/sweep_stubs.py, so a fault costs seconds. After each fault the study database is checked: no
 trial or parameter set twice, no run left ``running`` in the database while Optuna says it finished,
 finals re-run from each cell's true best. Every fault ends in one of: "survived" (nothing lost or
-duplicated), "refused" (a clean one-line error, exit 2, nothing written), or FAIL. ``--quick`` is the
-subset the slow test runs in CI; the full suite adds trial failures, divergence and --retry-failed,
-and (with TINYSIGLIP_TEST_POSTGRES_URL) two drivers creating tables on an empty PostgreSQL database.
-The exit status is 1 when any fault FAILs.
+duplicated), "refused" (a clean error, exit 2, nothing written), or FAIL. ``--quick`` is the subset
+the slow test runs in CI: signals and drivers, bad inputs, a damaged checkpoint (scripts/fault_caches.py),
+and the private Ray's sockets and a killed trial worker (scripts/fault_ray.py). The full suite adds
+damaged and wrong caches on real tiny caches, trial failures, divergence and --retry-failed, and (with
+TINYSIGLIP_TEST_POSTGRES_URL) drivers creating tables on an empty PostgreSQL database. The summary
+counts injected faults apart from bad inputs. The exit status is 1 when any row FAILs.
 """
 
 from __future__ import annotations
@@ -26,147 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_sweep_driver import HOOKS, write_study  # noqa: E402  (the stub study and its hooks)
-
-from tinysiglip.results.store import open_store  # noqa: E402
-
-
-@dataclass
-class Row:
-    fault: str
-    outcome: str
-    expected: str
-    verdict: str  # survived | refused | FAIL
-
-
-def _env(**extra: str) -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), e.get("PYTHONPATH", "")])
-    e.update(extra)
-    return e
-
-
-class World:
-    """One stub study under ``root``: its file, run folder and database."""
-
-    def __init__(self, root: Path, trials: int, conc: int = 2):
-        root.mkdir(parents=True, exist_ok=True)
-        self.study = write_study(root, trials=trials, conc=conc)
-        self.run_dir = root / "run"
-        self.url = f"sqlite:///{self.run_dir / 'study.db'}"
-        self.trials = trials
-
-    def cmd(self, *args: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "tinysiglip.sweep",
-            str(self.study),
-            "--run-dir",
-            str(self.run_dir),
-            *args,
-            *HOOKS,
-        ]
-
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            self.cmd(*args), cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=900
-        )
-
-    def start(self, *args: str, **env: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            self.cmd(*args),
-            cwd=ROOT,
-            env=_env(**env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def runs(self, **kw):
-        if not (self.run_dir / "study.db").exists():
-            return []  # (opening it would create an empty file before the sweep does)
-        try:
-            with open_store(self.url, create=False) as store:
-                return store.runs("stubstudy", **kw)
-        except Exception as exc:  # noqa: BLE001 - the driver may be creating its tables right now
-            self.last_error = repr(exc)
-            return []
-
-    def wait_for_progress(self, proc: subprocess.Popen, timeout: float = 300) -> None:
-        """Until one more trial finished in this run while the search goes on (no final run yet)."""
-        before = len([r for r in self.runs(kind="trial") if r.status in ("complete", "pruned")])
-        deadline = time.time() + timeout
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            runs = self.runs(kind="trial")
-            done = sum(r.status in ("complete", "pruned") for r in runs)
-            if done > before and len(runs) > done and not self.runs(kind="final"):
-                return
-        out, err = proc.communicate() if proc.poll() is not None else ("", "")
-        raise RuntimeError(
-            f"the sweep never had a finished and a running trial at once: {err.strip()[-300:]}"
-            f" (last read error: {getattr(self, 'last_error', None)})"
-        )
-
-    def wait_for_lease(self, proc: subprocess.Popen, timeout: float = 300) -> None:
-        """Until ``proc`` holds the study's lease (it has started; a kill now leaves work behind)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            try:
-                with sqlite3.connect(self.run_dir / "study.db") as con:
-                    if con.execute("SELECT pid FROM tsl_leases").fetchall() == [(proc.pid,)]:
-                        return
-            except sqlite3.Error:
-                continue
-        raise RuntimeError("the driver never took the study's lease")
-
-    def problems(self, *, finished: bool) -> list[str]:
-        """What is wrong in the database: duplicates, rows out of step with Optuna, finals not from the best."""
-        import optuna
-
-        out = []
-        runs = open_store(self.url, create=False).runs("stubstudy")
-        for cell in ("strong", "flat"):
-            ostudy = optuna.load_study(study_name=f"stubstudy/{cell}", storage=self.url)
-            trials = ostudy.get_trials(deepcopy=False)
-            params = [json.dumps(t.params, sort_keys=True) for t in trials if t.params]
-            if len(params) != len(set(params)) and not any("tsl_retry_of" in t.user_attrs for t in trials):
-                out.append(f"{cell}: a parameter set drawn twice")
-            rows = {r.optuna_trial_number: r for r in runs if r.cell == cell and r.kind == "trial"}
-            for t in trials:
-                r = rows.get(t.number)
-                if t.state.is_finished() and (r is None or r.status == "running"):
-                    out.append(f"{cell} trial {t.number}: Optuna {t.state.name}, database {r and r.status}")
-            if finished:
-                live = [t for t in trials if not t.state.is_finished()]
-                if live:
-                    out.append(f"{cell}: {len(live)} trial(s) never finished")
-                finals = [r for r in runs if r.cell == cell and r.kind == "final" and r.status == "complete"]
-                best = ostudy.best_trial.number
-                if sorted(r.seed for r in finals) != [0, 1] or any(
-                    r.source_trial_number != best for r in finals
-                ):
-                    out.append(
-                        f"{cell}: complete finals {[(r.seed, r.source_trial_number) for r in finals]}, best {best}"
-                    )
-        return out
-
-
-def _one_line_error(p: subprocess.CompletedProcess) -> bool:
-    return p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.strip().startswith("error:")
-
-
-def _verdict(ok: bool, kind: str) -> str:
-    return kind if ok else "FAIL"
-
+from fault_caches import cache_faults, checkpoint_fault  # noqa: E402
+from fault_kit import ROOT, Row, World, _env, _one_line_error, _verdict, write_study  # noqa: E402
+from fault_ray import ray_workers  # noqa: E402
 
 # ----------------------------------------------------------------------------------------- faults
 
@@ -443,18 +311,35 @@ def postgres_table_race(root: Path) -> list[Row]:
     ]
 
 
-QUICK: list[Callable[[Path], list[Row]]] = [signals_drivers_and_resume, bad_inputs]
-FULL: list[Callable[[Path], list[Row]]] = [*QUICK, trial_failures, postgres_table_race]
+QUICK: list[Callable[[Path], list[Row]]] = [
+    signals_drivers_and_resume,
+    bad_inputs,
+    checkpoint_fault,
+    ray_workers,
+]
+FULL: list[Callable[[Path], list[Row]]] = [*QUICK, cache_faults, trial_failures, postgres_table_race]
+INPUT_SECTIONS = {"bad_inputs"}  # rows of these are bad inputs, not injected faults
 
 
-def run_suite(root: Path, quick: bool) -> list[Row]:
+def run_suite(root: Path, quick: bool, only: list[str] | None = None) -> list[Row]:
     rows: list[Row] = []
-    for fault in QUICK if quick else FULL:
+    sections = [f for f in FULL if f.__name__ in only] if only else QUICK if quick else FULL
+    for fault in sections:
         try:
-            rows += fault(root)
+            got = fault(root)
         except Exception as exc:  # noqa: BLE001 - a fault that breaks the suite is a FAIL row, not a crash
-            rows.append(Row(fault.__name__, f"suite error: {type(exc).__name__}: {exc}"[:120], "-", "FAIL"))
+            error = f"suite error: {type(exc).__name__}: {exc}"
+            got = [Row(fault.__name__, error[:120], "-", "FAIL", detail=error)]
+        for row in got:
+            row.section = fault.__name__
+        rows += got
     return rows
+
+
+def _counts(rows: list[Row]) -> tuple[int, int, int, int]:
+    survived = sum(r.verdict == "survived" for r in rows)
+    refused = sum(r.verdict == "refused" for r in rows)
+    return len(rows), survived, refused, len(rows) - survived - refused
 
 
 def table(rows: list[Row]) -> str:
@@ -471,12 +356,15 @@ def table(rows: list[Row]) -> str:
 
     out = [line(Row("fault", "outcome", "expected", "verdict")), "-+-".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
-    n = len(rows)
-    survived = sum(r.verdict == "survived" for r in rows)
-    refused = sum(r.verdict == "refused" for r in rows)
+    faults = [r for r in rows if r.section not in INPUT_SECTIONS]
+    n, survived, refused, failed = _counts(faults)
     out.append(
-        f"{n} faults injected: {survived} survived with nothing lost, {refused} refused cleanly, {n - survived - refused} FAIL"
+        f"{n} faults injected: {survived} survived with nothing lost, {refused} refused cleanly, {failed} FAIL"
     )
+    inputs = [r for r in rows if r.section in INPUT_SECTIONS]
+    if inputs:
+        n, _, refused, failed = _counts(inputs)
+        out.append(f"{n} bad inputs tried: {refused} clean errors, {n - refused} FAIL")
     return "\n".join(out)
 
 
@@ -484,14 +372,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the CI subset")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=[f.__name__ for f in FULL],
+        help="run only this section (repeatable)",
+    )
     args = ap.parse_args(argv)
     started = time.time()
     if args.keep:
-        rows = run_suite(args.keep, args.quick)
+        rows = run_suite(args.keep, args.quick, args.only)
     else:
         with tempfile.TemporaryDirectory(prefix="tsl-faults-") as tmp:
-            rows = run_suite(Path(tmp), args.quick)
+            rows = run_suite(Path(tmp), args.quick, args.only)
     print(table(rows))
+    for r in rows:
+        if r.detail:
+            print(f"\n{r.fault}: {r.detail}")
     print(f"({time.time() - started:.0f}s)")
     return 1 if any(r.verdict == "FAIL" for r in rows) else 0
 
