@@ -64,7 +64,9 @@ class World:
             self.cmd(*args), cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=900
         )
 
-    def start(self, *args: str, **env: str) -> subprocess.Popen:
+    def start(self, *args: str, session: bool = False, **env: str) -> subprocess.Popen:
+        """The driver in the background; ``session``: in a process group of its own (as a terminal runs
+        a command), so ``os.killpg`` reaches the driver and every process it started, as Ctrl-C does."""
         return subprocess.Popen(
             self.cmd(*args),
             cwd=ROOT,
@@ -72,6 +74,7 @@ class World:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=session,
         )
 
     def runs(self, **kw):
