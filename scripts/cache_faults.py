@@ -52,6 +52,24 @@ def write_nan_bytes(path: Path, dataset: str, row: int) -> None:
         raw.write(nan)
 
 
+def fault_world(root: Path):
+    """A local world at the smallest size with both teachers' caches built (seconds): ``(world, size)``."""
+    from tinysiglip.local_world import LocalWorld, WorldSize
+
+    size = WorldSize(
+        "faults",
+        {"train": 48, "val": 16, "test": 16},
+        teacher_steps=2,
+        image_size=32,
+        teacher_overrides={"patch_size": 8, "vision_layers": 1, "text_layers": 1},
+    )
+    world = LocalWorld(root, size, progress=False)
+    for teacher in ("local-s", "local-m"):
+        for split in ("train", "val", "test"):
+            world.cache_path(teacher, split)
+    return world, size
+
+
 def outcome(action) -> str:
     try:
         result = action()
@@ -63,7 +81,7 @@ def outcome(action) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from tinysiglip.cache import TrainPairs, build_cache, open_cache
-    from tinysiglip.local_world import LocalWorld, WorldSize
+    from tinysiglip.local_world import LocalWorld
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,17 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.root)
     shutil.rmtree(root, ignore_errors=True)
-    size = WorldSize(
-        "faults",
-        {"train": 48, "val": 16, "test": 16},
-        teacher_steps=2,
-        image_size=32,
-        teacher_overrides={"patch_size": 8, "vision_layers": 1, "text_layers": 1},
-    )
-    world = LocalWorld(root / "world", size, progress=False)
-    for teacher in ("local-s", "local-m"):
-        for split in ("train", "val", "test"):
-            world.cache_path(teacher, split)
+    world, size = fault_world(root / "world")
     caches = root / "world" / "faults" / "caches"
     work = root / "work"
     work.mkdir()

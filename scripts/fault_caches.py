@@ -21,27 +21,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import yaml
-from cache_faults import flip_chunk_bytes, write_nan_bytes
+from cache_faults import fault_world, flip_chunk_bytes, write_nan_bytes
 from fault_kit import HOOKS, ROOT, Row, _env, _verdict
 from test_sweep_driver import STUDY
 
 
 def _world(root: Path):
-    from tinysiglip.local_world import LocalWorld, WorldSize
-
-    size = WorldSize(
-        "faults",
-        {"train": 48, "val": 16, "test": 16},
-        teacher_steps=2,
-        image_size=32,
-        teacher_overrides={"patch_size": 8, "vision_layers": 1, "text_layers": 1},
-    )
     with contextlib.redirect_stdout(io.StringIO()):
-        world = LocalWorld(root, size, progress=False)
-        for teacher in ("local-s", "local-m"):
-            for split in ("train", "val", "test"):
-                world.cache_path(teacher, split)
-    return world, size
+        return fault_world(root)
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
